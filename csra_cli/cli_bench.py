@@ -1,0 +1,66 @@
+"""``csra bench``."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from .cli import app, default_workers, handle_errors
+from .console import err, info
+from .errors import CSRAError
+
+
+@app.command()
+@handle_errors
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or file (default: shipped model)."),
+    images: Optional[str] = typer.Option(None, "--images", help="Folder of images to time."),
+    limit: int = typer.Option(0, help="Use at most N images of --images (0: all)."),
+    synthetic: int = typer.Option(64, "--synthetic", help="Without --images: N generated 500x375 JPEGs."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b"),
+    workers: int = typer.Option(-1, "--workers", "-j"),
+    device: str = typer.Option("auto"),
+    precision: str = typer.Option("auto"),
+    backend: str = typer.Option("torch", help="torch or onnx (with --model FILE.onnx)."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also time the official-style loops."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+):
+    """Throughput (model only and end to end), latency p50/p95, peak RSS/GPU memory, and the
+    ratios against demo-style and val-style baselines timed in the same run."""
+    from .bench import run_bench
+    from .inputs import expand_inputs
+    from .loader import set_threads
+
+    if synthetic < 1 and not images:
+        raise CSRAError("--synthetic must be at least 1 (or give --images)")
+    paths = None
+    if images:
+        paths = list(expand_inputs([images]))
+        paths = paths[:limit] if limit else paths
+        if not paths:
+            raise CSRAError(f"--images {images}: no images found")
+    workers = default_workers() if workers < 0 else workers
+    set_threads(workers)
+    result = run_bench(model, paths, synthetic, batch_size, workers, device, precision, backend, baselines,
+                       log=None if as_json else info)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"csra bench: {result['model']} @ {result['input_size']}px, {result['images']} images, "
+                    f"{result['device']}, batch {result['batch_size']}, {result['workers']} workers")
+    for col in ("pipeline", "images/s", "p50 ms/batch", "p95 ms/batch"):
+        t.add_column(col)
+    for key, label in (("model_only", "model only"), ("end_to_end", "end to end (csra tag)"),
+                       ("demo_style", "baseline: demo-style"), ("val_style", "baseline: val-style")):
+        if key in result:
+            r = result[key]
+            t.add_row(label, f"{r['images_per_s']:.1f}", str(r["p50_ms"]), str(r["p95_ms"]))
+    err.print(t)
+    if "ratios" in result:
+        r = result["ratios"]
+        err.print(f"end to end vs demo-style: {r['end_to_end_vs_demo']}x, vs val-style: {r['end_to_end_vs_val']}x; "
+                  f"tags same as exact resize: {result['tags_same_as_exact_resize_pct']}%")
+    err.print(f"peak RSS {result['peak_rss_mb']} MB" + (f", peak GPU {result['peak_gpu_mb']} MB" if "peak_gpu_mb" in result else ""))

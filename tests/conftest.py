@@ -1,0 +1,62 @@
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CSRA_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "official"
+VOC = SHARED / "data" / "voc2007" / "VOCdevkit"
+COCO_TINY = SHARED / "data" / "coco-tiny"
+
+needs_shared = pytest.mark.skipif(not (SHARED / "fixtures").is_dir(),
+                                  reason=f"../shared is not here ({SHARED}); it holds the official fixtures and data")
+needs_voc = pytest.mark.skipif(not VOC.is_dir(), reason=f"shared VOC2007 data not found at {VOC}")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Each test gets its own model cache, never the user's."""
+    home = tmp_path_factory.mktemp("csra_home")
+    monkeypatch.setenv("CSRA_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """A small random ResNet-18 CSRA model in our format (64 px, 20 VOC classes, 2 heads)."""
+    from csra_cli.card import ModelCard
+    from csra_cli.checkpoint import save_csra
+    from csra_cli.classes import VOC_CLASSES
+    from csra_cli.model import create_model
+
+    torch.manual_seed(0)
+    card = ModelCard("tiny", "resnet18", 2, 0.3, list(VOC_CLASSES), input_size=64, threshold=0.5)
+    model = create_model("resnet18", 20, 2, 0.3, card=card)
+    return save_csra(model, card, tmp_path_factory.mktemp("models") / "tiny.safetensors", half=False)
+
+
+def make_image(path: Path, mode: str = "RGB", size=(64, 48), color=(200, 30, 30), **save_kw) -> Path:
+    rng = np.random.default_rng(zlib.crc32(f"{path.name}{mode}".encode()))
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    arr[: size[1] // 2] = color
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **save_kw)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    make_image(folder / "a.jpg")
+    make_image(folder / "b.png", "RGBA")
+    make_image(folder / "nested" / "c.webp")
+    make_image(folder / "nested" / "deeper" / "d.BMP")
+    return folder

@@ -1,0 +1,101 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from csra_cli.cli import app
+from csra_cli.datasets import read_coco, read_voc
+
+from .conftest import COCO_TINY, VOC, make_image, needs_voc
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [*map(str, args)], catch_exceptions=False)
+
+
+def write_labels(tmp_path: Path) -> Path:
+    rows = [("a.jpg", "cat;dog"), ("b.jpg", "dog"), ("c.jpg", ""), ("d.jpg", "cat")]
+    for name, _ in rows:
+        make_image(tmp_path / name)
+    lab = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=["path", "tags"]).to_csv(lab, index=False)
+    return lab
+
+
+def test_eval_from_a_scores_file_is_exact(tmp_path):
+    lab = write_labels(tmp_path)
+    scores = pd.DataFrame({"path": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "cat": [0.9, 0.2, 0.6, 0.7],
+                           "dog": [0.8, 0.9, 0.1, 0.3], "bird": [0.1, 0.1, 0.1, 0.1]})
+    scores.to_csv(tmp_path / "scores.csv", index=False)
+    res = invoke("eval", "--dataset", "csv", "--labels", lab, "--scores", tmp_path / "scores.csv", "--json", "-", "-q",
+                 "--calibrate", tmp_path / "th.json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    # cat: ranks a(P) .9, d(P) .7, c(N) .6, b(N) .2 -> AP 1 ; dog: b(P) .9, a(P) .8 -> AP 1
+    assert r["mAP"] == pytest.approx(100.0)
+    # at 0.5: cat predicted a,c,d (tp 2) ; dog predicted a,b (tp 2)
+    assert r["CP"] == pytest.approx(100 * (2 / 3 + 1) / 2) and r["CR"] == pytest.approx(100)
+    assert r["OP"] == pytest.approx(80) and r["OR"] == pytest.approx(100)
+    assert set(r) >= {"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "num_images", "per_class"}
+    assert r["num_images"] == 4 and r["per_class"]["cat"]["positives"] == 2
+    assert "bird" in r["model_classes_unmatched"]
+    th = json.loads((tmp_path / "th.json").read_text())
+    assert 0.6 < th["cat"] < 0.7
+
+
+def test_eval_runs_a_model_saves_scores_and_counts_failures(tmp_path, tiny_model_path):
+    lab = tmp_path / "labels.csv"
+    make_image(tmp_path / "a.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"nope")
+    lab.write_text("path,tags\na.jpg,cat\nbroken.jpg,dog\n")
+    res = invoke("eval", "--dataset", "csv", "--labels", lab, "-m", tiny_model_path, "--save-scores",
+                 tmp_path / "s.csv", "--json", tmp_path / "r.json", "-q")
+    assert res.exit_code == 1  # an unreadable image is reported, not silently dropped
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["num_images_failed"] == 1 and r["failed"][0]["path"].endswith("broken.jpg")
+    assert r["num_images"] == 1
+    s = pd.read_csv(tmp_path / "s.csv")
+    assert list(s.columns[:2]) == ["path", "aeroplane"] and len(s) == 2
+
+
+def test_no_matching_class_is_a_clear_error(tmp_path):
+    lab = write_labels(tmp_path)
+    pd.DataFrame({"path": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "zebra": [0.5] * 4}).to_csv(tmp_path / "s.csv", index=False)
+    res = invoke("eval", "--dataset", "csv", "--labels", lab, "--scores", tmp_path / "s.csv", "-q")
+    assert res.exit_code == 2 and "no dataset class matches" in res.stderr
+
+
+def test_voc_difficult_only_classes_are_ignored_on_test(tmp_path):
+    root = tmp_path / "VOC2007"
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "Annotations" / "000001.xml").write_text(
+        "<annotation><object><name>dog</name><difficult>0</difficult></object>"
+        "<object><name>cat</name><difficult>1</difficult></object></annotation>")
+    for split in ("test", "trainval"):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("000001\n")
+    test, trainval = read_voc(tmp_path, "test"), read_voc(tmp_path, "trainval")
+    cat, dog = test.classes.index("cat"), test.classes.index("dog")
+    assert test.labels[0, dog] == 1 and test.labels[0, cat] == -1
+    assert trainval.labels[0, cat] == 0
+
+
+@needs_voc
+def test_shared_voc_reader():
+    val = read_voc(VOC, "val")
+    assert len(val) == 990 and val.labels.shape == (990, 20)
+    assert (val.labels.sum(1) >= 1).all() and Path(val.paths[0]).is_file()
+    assert len(read_voc(VOC / "VOC2007", "train")) == 3475
+
+
+@pytest.mark.skipif(not COCO_TINY.is_dir(), reason="shared coco-tiny data not found")
+def test_shared_coco_reader():
+    data = read_coco(COCO_TINY / "annotations" / "instances_val2017.json", COCO_TINY / "val2017")
+    assert len(data.classes) == 80 and data.classes[0] == "person"
+    assert 0 < len(data) <= 80 and all(Path(p).is_file() for p in data.paths)
+    assert (data.labels.sum(1) >= 1).all()

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from csra_cli import load_model
+from csra_cli.cli import app
+from csra_cli.export import export_onnx, verify_onnx
+
+from .conftest import FIXTURES, make_image, needs_shared
+
+runner = CliRunner()
+pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 6, 8])
+def test_every_head_setting_exports_and_matches(tmp_path, heads):
+    from csra_cli.card import ModelCard
+    from csra_cli.model import create_model
+
+    card = ModelCard("h", "resnet18", heads, 0.4, [f"c{i}" for i in range(5)], input_size=64)
+    torch.manual_seed(heads)
+    model = create_model("resnet18", 5, heads, 0.4, card=card).eval()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    result = verify_onnx(model, path)
+    assert result["ok"] and result["max_abs_diff"] <= 1e-4
+
+
+def test_cli_export_metadata_and_onnx_backend_gives_the_same_tags(tmp_path, tiny_model_path, image_folder):
+    out = tmp_path / "tiny.onnx"
+    res = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_path), "-o", str(out), "--dynamic-size",
+                              "--verify-image", str(image_folder / "a.jpg")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "max |Δlogit|" in res.stderr and ": ok" in res.stderr
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    card = json.loads(meta["csra_card"])
+    assert card["classes"][0] == "aeroplane" and card["input_size"] == 64 and json.loads(meta["classes"])[1] == "bicycle"
+    a = runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q", "--scores"])
+    b = runner.invoke(app, ["tag", str(image_folder), "--backend", "onnx", "-m", str(out), "-q", "--scores"])
+    assert a.exit_code == b.exit_code == 0
+    ra, rb = [list(map(json.loads, r.stdout.splitlines())) for r in (a, b)]
+    assert [r["tags"] for r in ra] == [r["tags"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert max(abs(x["scores"][c] - y["scores"][c]) for c in x["scores"]) < 1e-4
+
+
+def test_torchscript_export(tmp_path, tiny_model_path):
+    res = runner.invoke(app, ["export", "--torchscript", "-m", str(tiny_model_path), "-o", str(tmp_path / "m.pt")],
+                        catch_exceptions=False)
+    assert res.exit_code == 0 and "torchscript" in res.stderr
+    extra = {"csra_card.json": ""}
+    loaded = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
+    assert json.loads(extra["csra_card.json"])["name"] == "tiny"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), load_model(str(tiny_model_path))(x), atol=1e-5)
+
+
+@needs_shared
+def test_official_layout_resnet_exports(tmp_path):
+    from csra_cli.api import load_official
+
+    model = load_official(FIXTURES / "resnet18_csra_heads4_lam0.5_20cls_fp16.pth", lam=0.5, classes="voc",
+                          input_size=224)
+    result = verify_onnx(model, export_onnx(model, tmp_path / "r18.onnx"))
+    assert result["ok"], result
+
+
+def test_export_needs_a_format():
+    res = runner.invoke(app, ["export"])
+    assert res.exit_code == 2 and "--onnx" in res.stderr
+
+
+def test_bench_synthetic_prints_valid_json(tiny_model_path):
+    res = runner.invoke(app, ["bench", "-m", str(tiny_model_path), "--synthetic", "8", "--json", "-b", "4"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    for key in ("model_only", "end_to_end", "demo_style", "val_style"):
+        assert r[key]["images_per_s"] > 0
+    assert r["ratios"]["end_to_end_vs_demo"] > 0 and r["peak_rss_mb"] > 0
+    assert r["tags_same_as_exact_resize_pct"] >= 0 and r["images"] == 8

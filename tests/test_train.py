@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from typer.testing import CliRunner
+
+from csra_cli import load_model
+from csra_cli.cli import app
+from csra_cli.train import random_resized_crop
+
+from .conftest import make_image
+
+runner = CliRunner()
+
+
+def _dataset(folder, n=24):
+    """Red images are 'red', images with a blue bottom half are 'blue' (some both)."""
+    rows = []
+    for i in range(n):
+        red, blue = i % 2 == 0, i % 3 == 0
+        color = (220, 20, 20) if red else (20, 220, 20)
+        p = make_image(folder / f"im{i}.png", color=color, size=(48, 48))
+        if blue:
+            from PIL import Image
+
+            im = Image.open(p).convert("RGB")
+            im.paste((20, 20, 230), (0, 24, 48, 48))
+            im.save(p)
+        rows.append((p.name, ";".join(t for t, on in (("red", red), ("blue", blue)) if on)))
+    lab = folder / "labels.csv"
+    pd.DataFrame(rows, columns=["path", "tags"]).to_csv(lab, index=False)
+    return lab
+
+
+def test_train_a_few_steps_writes_a_usable_model(tmp_path):
+    lab = _dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "csv", "--labels", lab, "--val-labels", lab, "--arch", "efficientnet_lite0",
+            "--input-size", "64", "--heads", "2", "--lam", "0.3", "--epochs", "3", "--batch-size", "8",
+            "--optimizer", "adamw", "--lr", "0.001", "--warmup-epochs", "1", "--trainable-stages", "1",
+            "--workers", "0", "--out", out, "--name", "toy", "--seed", "1"]
+    res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    model = load_model(str(out / "toy.safetensors"))
+    card = model.card
+    assert card.classes == ["blue", "red"] and card.num_heads == 2 and card.input_size == 64
+    assert set(card.thresholds) == {"blue", "red"} and card.metrics["num_images"] == 24
+    assert len(card.training["history"]) == 3 and "val_mAP" in card.training["history"][-1]
+    assert (out / "checkpoint.pt").exists()
+    # the features were cached: a second run with --resume reuses them and trains nothing more
+    res2 = runner.invoke(app, [str(a) for a in args] + ["--resume"], catch_exceptions=False)
+    assert res2.exit_code == 0 and "reusing cache" in res2.output
+    again = load_model(str(out / "toy.safetensors"))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), again(x))
+
+
+def test_random_resized_crop_keeps_shape_and_content():
+    x = torch.randn(3, 4, 8, 8)
+    assert random_resized_crop(x, (0.5, 0.9)).shape == x.shape
+    flat = torch.arange(12.0).view(3, 4, 1, 1).expand(3, 4, 8, 8).contiguous()
+    assert torch.allclose(random_resized_crop(flat, (0.5, 0.9)), flat)  # a crop of a constant map
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 1, 8, 8).contiguous()
+    out = random_resized_crop(ramp, (0.3, 0.5))
+    assert out.min() >= 0 and out.max() <= 7 and out[0, 0, :, -1].mean() > out[0, 0, :, 0].mean()
+
+
+def test_train_refuses_bad_settings(tmp_path):
+    lab = _dataset(tmp_path / "d", 4)
+    res = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--heads", "3",
+                              "--freeze-backbone"])
+    assert res.exit_code == 2 and "--heads must be" in res.stderr
+    res = runner.invoke(app, ["train", "--dataset", "voc", "--freeze-backbone"])
+    assert res.exit_code == 2 and "--root" in res.stderr
