@@ -188,6 +188,8 @@ def tag(
         raise CSRAError("--xmp-name: use full or stem")
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise CSRAError(f"--precision {precision!r}: use auto, fp32, fp16 or bf16")
+    if resume and out == "-":
+        raise CSRAError("--resume continues an output file; give --out FILE")
     if resume and overwrite:
         raise CSRAError("--resume and --overwrite contradict each other; pick one")
     if inputs.count("-") > 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -15,7 +16,7 @@ from .errors import CSRAError
 @handle_errors
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or file (default: shipped model)."),
-    images: Optional[str] = typer.Option(None, "--images", help="Folder of images to time."),
+    images: Optional[str] = typer.Option(None, "--images", help="Folder of images, or a text file with one path per line."),
     limit: int = typer.Option(0, help="Use at most N images of --images (0: all)."),
     synthetic: int = typer.Option(64, "--synthetic", help="Without --images: N generated 500x375 JPEGs."),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
@@ -36,7 +37,11 @@ def bench(
         raise CSRAError("--synthetic must be at least 1 (or give --images)")
     paths = None
     if images:
-        paths = list(expand_inputs([images]))
+        listed = Path(images)
+        if listed.is_file() and listed.suffix.lower() in (".txt", ".lst"):
+            paths = [ln.strip() for ln in listed.read_text().splitlines() if ln.strip()]
+        else:
+            paths = list(expand_inputs([images]))
         paths = paths[:limit] if limit else paths
         if not paths:
             raise CSRAError(f"--images {images}: no images found")

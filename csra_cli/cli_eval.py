@@ -109,7 +109,7 @@ def eval_cmd(
     if not quiet:
         print_report(report)
     if json_out:
-        text = json.dumps(report, indent=2, allow_nan=False, default=float) + "\n"
+        text = json.dumps(finite(report), indent=2, allow_nan=False) + "\n"
         if json_out == "-":
             typer.echo(text, nl=False)
         else:
@@ -120,6 +120,19 @@ def eval_cmd(
     if failures:
         warn(f"{len(failures)} images could not be read and are not in the metrics (listed under 'failed')")
         raise typer.Exit(1)
+
+
+def finite(obj):
+    """NaN (a metric with nothing to average) becomes null, so the JSON is strict."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def print_report(r: dict) -> None:

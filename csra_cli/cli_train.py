@@ -43,7 +43,7 @@ def train(
     lr_gamma: float = typer.Option(0.1),
     crop_scale_min: float = typer.Option(0.7, help="Random resized crop: smallest area fraction."),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train the heads only, on cached features."),
-    trainable_stages: Optional[int] = typer.Option(None, help="Fine-tune the last N backbone stages on cached features of the others."),
+    trainable_stages: Optional[str] = typer.Option(None, help="Fine-tune the last N backbone stages on cached features of the others; 'all' (the default) trains the whole network on augmented images."),
     workers: int = typer.Option(2),
     seed: int = typer.Option(0),
     fp32: bool = typer.Option(False, "--fp32", help="Store the weights in fp32 (default fp16)."),
@@ -59,12 +59,13 @@ def train(
     from .loader import set_threads
     from .train import TrainConfig, train as run_train
 
-    if freeze_backbone and trainable_stages:
-        raise CSRAError("--freeze-backbone and --trainable-stages N>0 contradict each other")
-    stages = 0 if freeze_backbone else trainable_stages
-    if stages is None:
-        raise CSRAError("pass --freeze-backbone or --trainable-stages N (whole-network training of "
-                        "uncached images is not available in this version)")
+    if trainable_stages not in (None, "all") and not trainable_stages.isdigit():
+        raise CSRAError("--trainable-stages: a number of stages, or all")
+    stages = None if trainable_stages in (None, "all") else int(trainable_stages)
+    if freeze_backbone:
+        if trainable_stages is not None and trainable_stages != "0":
+            raise CSRAError("--freeze-backbone and --trainable-stages contradict each other")
+        stages = 0
     if heads not in (1, 2, 4, 6, 8):
         raise CSRAError("--heads must be 1, 2, 4, 6 or 8")
     if optimizer not in ("sgd", "adamw"):

@@ -88,10 +88,16 @@ def pick_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    from .errors import CSRAError
+
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from .errors import CSRAError
-        raise CSRAError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CSRAError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CSRAError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CSRAError(f"--device {name}: MPS is not available here (use --device cpu or auto)")
     return device
 
 

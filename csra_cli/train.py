@@ -159,10 +159,10 @@ class Tail(nn.Module):
 
 def split_model(model: CSRAModel, trainable: int | None) -> tuple[nn.Module, Tail]:
     stages = model.backbone.stages()
-    if trainable is None:
+    if trainable is None or trainable >= len(stages):
         return nn.Identity(), Tail([model.backbone], model.classifier)
-    if not 0 <= trainable < len(stages):
-        raise ValueError(f"--trainable-stages must be 0..{len(stages) - 1} or 'all' for {model.card.arch}")
+    if trainable < 0:
+        raise ValueError("--trainable-stages must be 0 or more")
     cut = len(stages) - trainable
     return nn.Sequential(*stages[:cut]).eval(), Tail(stages[cut:], model.classifier)
 
@@ -203,6 +203,61 @@ def predict_cached(tail: Tail, feats: np.ndarray, batch: int = 64) -> np.ndarray
     return np.concatenate(out)
 
 
+class AugmentedImages(torch.utils.data.Dataset):
+    """Training images with the official augmentation: random resized crop (area in
+    ``crop_scale``) to the input size and a random horizontal flip; uint8 out."""
+
+    def __init__(self, paths: list[str], pre: Preprocess, crop_scale: tuple):
+        from torchvision import transforms
+
+        self.paths, self.pre = paths, pre
+        self.tf = transforms.Compose([transforms.RandomResizedCrop(pre.size, scale=crop_scale),
+                                      transforms.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from .loader import load_one
+        from .preprocess import open_image
+
+        try:
+            img = self.tf(open_image(self.paths[i]))
+            return i, torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        except Exception:  # an unreadable training image is fed blank rather than ending the run
+            return i, load_one(self.pre, self.paths[i])[0]
+
+
+def _cached_batches(feats, feats_flip, n: int, cfg: TrainConfig, epoch: int):
+    """Shuffled batches of cached feature maps, each map plain or mirrored at random, then
+    randomly cropped and resized back (the augmentation, in feature space)."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    random.seed(cfg.seed * 1000 + epoch)
+    order = torch.randperm(n, generator=gen).numpy()
+    flips = torch.rand(n, generator=gen).numpy() < 0.5
+    for step in range(math.ceil(n / cfg.batch_size)):
+        idx = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+        plain, mirrored = idx[~flips[idx]], idx[flips[idx]]
+        parts = [torch.from_numpy(np.asarray(src[i], dtype=np.float32)) for src, i in
+                 ((feats, plain), (feats_flip, mirrored)) if len(i)]
+        yield random_resized_crop(torch.cat(parts), cfg.crop_scale), np.concatenate([plain, mirrored])
+
+
+def _image_batches(loader, pre: Preprocess, cfg: TrainConfig, epoch: int):
+    torch.manual_seed(cfg.seed * 1000 + epoch)
+    for idx, batch in loader:
+        yield pre.normalize(batch).contiguous(memory_format=torch.channels_last), np.asarray(idx)
+
+
+@torch.inference_mode()
+def _predict_images(model: CSRAModel, data: LabelledSet, pre: Preprocess, cfg: TrainConfig) -> np.ndarray:
+    model.eval()
+    out = []
+    for _, _, batch, _ in make_loader(ImageListDataset(data.paths, pre), cfg.batch_size, cfg.workers):
+        out.append(torch.sigmoid(model(pre.normalize(batch))).numpy())
+    return np.concatenate(out)
+
+
 def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None, out: Path,
           name: str, resume: bool = False, log=print, card_extra: dict | None = None) -> tuple[Path, dict]:
     """Train, write ``out/NAME.safetensors`` + card, return its path and the val report."""
@@ -213,14 +268,24 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
                      input_size=cfg.input_size, mean=cfg.mean, std=cfg.std)
     model = create_model(cfg.arch, len(classes), cfg.num_heads, cfg.lam, pretrained=True, card=card)
     pre = Preprocess.from_card(card)
-    if cfg.trainable_stages is None:
-        raise NotImplementedError("whole-network training runs through train_images()")
     frozen, tail = split_model(model, cfg.trainable_stages)
     for p in frozen.parameters():
         p.requires_grad_(False)
-    feats = cached_features(frozen, train_set, pre, False, cfg, log)
-    feats_flip = cached_features(frozen, train_set, pre, True, cfg, log)
-    val_feats = cached_features(frozen, val_set, pre, False, cfg, log) if val_set else None
+    if cfg.trainable_stages is None:  # the whole network, on augmented images
+        loader = torch.utils.data.DataLoader(AugmentedImages(train_set.paths, pre, cfg.crop_scale),
+                                             batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                                             drop_last=len(train_set) > cfg.batch_size)
+        tail = tail.to(memory_format=torch.channels_last)
+        batches = lambda epoch: _image_batches(loader, pre, cfg, epoch)  # noqa: E731
+        predict_val = (lambda: _predict_images(model, val_set, pre, cfg)) if val_set else None
+        steps = len(loader)
+    else:
+        feats = cached_features(frozen, train_set, pre, False, cfg, log)
+        feats_flip = cached_features(frozen, train_set, pre, True, cfg, log)
+        val_feats = cached_features(frozen, val_set, pre, False, cfg, log) if val_set else None
+        batches = lambda epoch: _cached_batches(feats, feats_flip, len(train_set), cfg, epoch)  # noqa: E731
+        predict_val = (lambda: predict_cached(tail, val_feats)) if val_set else None
+        steps = math.ceil(len(train_set) / cfg.batch_size)
     labels = torch.from_numpy(train_set.labels.astype(np.float32))
     weight = torch.from_numpy((train_set.labels >= 0).astype(np.float32))
     opt = make_optimizer(tail, cfg)
@@ -232,32 +297,25 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history = ck["epoch"], json.loads(ck["history"])
         log(f"resumed from {ckpt_path} after epoch {start_epoch}")
-    n, steps = len(train_set), math.ceil(len(train_set) / cfg.batch_size)
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         tail.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        random.seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(n, generator=gen).numpy()
-        flips = torch.rand(n, generator=gen).numpy() < 0.5
         total, epoch_start = 0.0, time.time()
-        for step in range(steps):
+        for step, (x, rows) in enumerate(batches(epoch)):
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * lr_factor(epoch + step / steps, cfg)
-            idx = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
-            plain, mirrored = idx[~flips[idx]], idx[flips[idx]]
-            parts = [torch.from_numpy(np.asarray(src[i], dtype=np.float32)) for src, i in
-                     ((feats, plain), (feats_flip, mirrored)) if len(i)]
-            x = random_resized_crop(torch.cat(parts), cfg.crop_scale)
-            rows = np.concatenate([plain, mirrored])
             loss = F.binary_cross_entropy_with_logits(tail(x), labels[rows], weight=weight[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach())
+            if step % 10 == 0:
+                print(f"\repoch {epoch + 1}: step {step + 1}/{steps} loss {total / (step + 1):.4f}", end="",
+                      file=sys.stderr, flush=True)
+        print("\r", end="", file=sys.stderr)
         record = {"epoch": epoch + 1, "loss": total / steps, "seconds": round(time.time() - epoch_start, 1)}
-        if val_feats is not None:
-            record["val_mAP"] = evaluate(predict_cached(tail, val_feats), val_set.labels, classes)["mAP"]
+        if predict_val is not None:
+            record["val_mAP"] = evaluate(predict_val(), val_set.labels, classes)["mAP"]
         history.append(record)
         left = (time.time() - t0) / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f}"
@@ -268,8 +326,8 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         torch.save(state, tmp)
         tmp.replace(ckpt_path)
     report = {}
-    if val_feats is not None:
-        scores = predict_cached(tail, val_feats)
+    if predict_val is not None:
+        scores = predict_val()
         thresholds = best_f1_thresholds(scores, val_set.labels)
         report = evaluate(scores, val_set.labels, classes, 0.5)
         at_t = evaluate(scores, val_set.labels, classes, thresholds)
@@ -284,6 +342,6 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
     card.training = {"data": train_set.name, "images": len(train_set), "config": asdict(cfg),
                      "history": history, **(card_extra or {})}
     model.eval()
-    path = save_csra(model, card, out / name, half=cfg.half)
+    path = save_csra(model.to(memory_format=torch.contiguous_format), card, out / name, half=cfg.half)
     atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
     return path, report

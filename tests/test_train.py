@@ -67,6 +67,21 @@ def test_random_resized_crop_keeps_shape_and_content():
     assert out.min() >= 0 and out.max() <= 7 and out[0, 0, :, -1].mean() > out[0, 0, :, 0].mean()
 
 
+def test_whole_network_training_on_augmented_images(tmp_path):
+    lab = _dataset(tmp_path / "data", 8)
+    out = tmp_path / "full"
+    res = runner.invoke(app, [str(a) for a in ["train", "--dataset", "csv", "--labels", lab, "--val-labels", lab,
+                                                 "--arch", "efficientnet_lite0", "--input-size", "64", "--epochs", "1",
+                                                 "--batch-size", "4", "--workers", "0", "--out", out, "--name", "full",
+                                                 "--fp32"]], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    before = load_model(str(out / "full.safetensors"))
+    fresh = __import__("csra_cli.model", fromlist=["create_model"]).create_model(
+        "efficientnet_lite0", 2, 1, 0.1, pretrained=True)
+    # the backbone itself was trained (not only the head)
+    assert not torch.equal(before.backbone.conv_stem.weight, fresh.backbone.conv_stem.weight)
+
+
 def test_train_refuses_bad_settings(tmp_path):
     lab = _dataset(tmp_path / "d", 4)
     res = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--heads", "3",
@@ -74,3 +89,6 @@ def test_train_refuses_bad_settings(tmp_path):
     assert res.exit_code == 2 and "--heads must be" in res.stderr
     res = runner.invoke(app, ["train", "--dataset", "voc", "--freeze-backbone"])
     assert res.exit_code == 2 and "--root" in res.stderr
+    res = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--freeze-backbone",
+                              "--trainable-stages", "2"])
+    assert res.exit_code == 2 and "contradict" in res.stderr
