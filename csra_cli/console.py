@@ -39,3 +39,16 @@ def make_progress(total: int | None, description: str):
                         console=err, transient=False)
     task = progress.add_task(description, total=total)
     return progress, task
+
+
+def status(text: str) -> None:
+    """A one-line status that rewrites itself, shown only on a terminal (logs stay clean)."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{text}\033[K")
+        sys.stderr.flush()
+
+
+def status_done() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()

@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from .card import ModelCard
 from .checkpoint import atomic_write_bytes, save_csra
+from .console import status, status_done
 from .datasets import LabelledSet
 from .loader import ImageListDataset, make_loader
 from .metrics import best_f1_thresholds, evaluate
@@ -112,9 +112,10 @@ def cached_features(frozen: nn.Module, data: LabelledSet, pre: Preprocess, flip:
         done += len(idx)
         failed += sum(bool(e) for e in errors)
         rate = done / (time.time() - start)
-        print(f"\rfeatures{' (mirrored)' if flip else ''}: {done}/{len(data)} {rate:.1f} img/s "
-              f"ETA {(len(data) - done) / rate:.0f}s", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        status(f"features{' (mirrored)' if flip else ''}: {done}/{len(data)} {rate:.1f} img/s "
+               f"ETA {(len(data) - done) / rate:.0f}s")
+    status_done()
+    log(f"features{' (mirrored)' if flip else ''}: {len(data)} images in {time.time() - start:.0f}s, cached as {path.name}")
     if failed:
         log(f"features: {failed} images could not be read and were fed as blank")
     out.flush()
@@ -310,9 +311,8 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
             opt.step()
             total += float(loss.detach())
             if step % 10 == 0:
-                print(f"\repoch {epoch + 1}: step {step + 1}/{steps} loss {total / (step + 1):.4f}", end="",
-                      file=sys.stderr, flush=True)
-        print("\r", end="", file=sys.stderr)
+                status(f"epoch {epoch + 1}: step {step + 1}/{steps} loss {total / (step + 1):.4f}")
+        status_done()
         record = {"epoch": epoch + 1, "loss": total / steps, "seconds": round(time.time() - epoch_start, 1)}
         if predict_val is not None:
             record["val_mAP"] = evaluate(predict_val(), val_set.labels, classes)["mAP"]
