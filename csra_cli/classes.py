@@ -49,3 +49,8 @@ def resolve_classes(spec: str | list[str] | None, num_classes: int | None = None
     if num_classes is not None and len(names) != num_classes:
         raise ValueError(f"the checkpoint has {num_classes} classes but {len(names)} class names were given")
     return names
+
+# COCO names that differ from VOC's for the same category (the other VOC classes share their name).
+COCO_TO_VOC = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa",
+               "potted plant": "pottedplant", "dining table": "diningtable", "tv": "tvmonitor"}
+BUILTIN_CLASS_MAPS = {"coco-to-voc": COCO_TO_VOC, "voc-to-coco": {v: k for k, v in COCO_TO_VOC.items()}}

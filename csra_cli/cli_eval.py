@@ -23,7 +23,7 @@ def eval_cmd(
     images: Optional[str] = typer.Option(None, help="COCO: images folder."),
     labels: Optional[str] = typer.Option(None, help="CSV: labels file with the columns path,tags."),
     tag_sep: str = typer.Option(";", help="CSV: tag separator."),
-    class_map: Optional[str] = typer.Option(None, help="Dataset name -> model name (JSON or CSV)."),
+    class_map: Optional[str] = typer.Option(None, help="Dataset name -> model name: JSON or CSV file, or coco-to-voc / voc-to-coco."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or file (default: shipped model)."),
     arch: Optional[str] = typer.Option(None),
     heads: Optional[int] = typer.Option(None),

@@ -32,8 +32,12 @@ def score_images(runner, paths: list[str], batch_size: int, workers: int,
 
 
 def read_class_map(path: str | None) -> dict[str, str]:
+    from .classes import BUILTIN_CLASS_MAPS
+
     if not path:
         return {}
+    if path in BUILTIN_CLASS_MAPS:
+        return dict(BUILTIN_CLASS_MAPS[path])
     p = Path(path)
     if not p.is_file():
         raise CSRAError(f"--class-map {path}: no such file")

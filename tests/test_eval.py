@@ -99,3 +99,14 @@ def test_shared_coco_reader():
     assert len(data.classes) == 80 and data.classes[0] == "person"
     assert 0 < len(data) <= 80 and all(Path(p).is_file() for p in data.paths)
     assert (data.labels.sum(1) >= 1).all()
+
+
+@pytest.mark.skipif(not COCO_TINY.is_dir(), reason="shared coco-tiny data not found")
+def test_coco_classes_map_onto_voc():
+    from csra_cli.classes import VOC_CLASSES
+    from csra_cli.evaluation import match_classes, read_class_map
+
+    data = read_coco(COCO_TINY / "annotations" / "instances_val2017.json", COCO_TINY / "val2017")
+    data_cols, model_cols, left_data, left_model = match_classes(data, VOC_CLASSES, read_class_map("coco-to-voc"))
+    assert len(model_cols) == 20 and not left_model and len(left_data) == 60
+    assert data.classes[data_cols[model_cols.index(VOC_CLASSES.index("aeroplane"))]] == "airplane"
