@@ -54,6 +54,7 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     half: bool = True  # store the final weights in fp16
+    ema: float = 0.0  # >0: keep an exponential moving average of the weights, validate and ship it
     extra: dict = field(default_factory=dict)
 
 
@@ -67,11 +68,11 @@ def _digest(*parts) -> str:
 
 
 def _frozen_digest(frozen: nn.Module) -> str:
+    """Hash of the frozen weights' bytes; independent of their memory format (channels-last)."""
     h = hashlib.sha256()
     for k, v in frozen.state_dict().items():
         h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
-        h.update(repr(float(v.float().sum())).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
 
 
@@ -298,6 +299,17 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history = ck["epoch"], json.loads(ck["history"])
         log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    ema = None
+    if cfg.ema > 0:  # the average of recent weights generalises better than the last ones
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(tail, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if resume and ckpt_path.exists() and "ema" in ck:
+            ema.load_state_dict(ck["ema"])
+        if predict_val is not None and cfg.trainable_stages is not None:
+            predict_val = lambda: predict_cached(ema.module, val_feats)  # noqa: E731
+        elif predict_val is not None:
+            raise ValueError("--ema works with cached features (--freeze-backbone / --trainable-stages N)")
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         tail.train()
@@ -309,6 +321,8 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(tail)
             total += float(loss.detach())
             if step % 10 == 0:
                 status(f"epoch {epoch + 1}: step {step + 1}/{steps} loss {total / (step + 1):.4f}")
@@ -322,9 +336,13 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
             + (f" val mAP {record['val_mAP']:.2f}" if "val_mAP" in record else "") + f" ETA {left:.0f}s")
         state = {"tail": tail.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                  "history": json.dumps(history)}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         tmp = out / ".checkpoint.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(ckpt_path)
+    if ema is not None:  # ship the averaged weights
+        tail.load_state_dict(ema.module.state_dict())
     report = {}
     if predict_val is not None:
         scores = predict_val()

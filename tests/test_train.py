@@ -39,7 +39,7 @@ def test_train_a_few_steps_writes_a_usable_model(tmp_path):
     args = ["train", "--dataset", "csv", "--labels", lab, "--val-labels", lab, "--arch", "efficientnet_lite0",
             "--input-size", "64", "--heads", "2", "--lam", "0.3", "--epochs", "3", "--batch-size", "8",
             "--optimizer", "adamw", "--lr", "0.001", "--warmup-epochs", "1", "--trainable-stages", "1",
-            "--workers", "0", "--out", out, "--name", "toy", "--seed", "1"]
+            "--workers", "0", "--out", out, "--name", "toy", "--seed", "1", "--ema", "0.9"]
     res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     model = load_model(str(out / "toy.safetensors"))
@@ -92,3 +92,15 @@ def test_train_refuses_bad_settings(tmp_path):
     res = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--freeze-backbone",
                               "--trainable-stages", "2"])
     assert res.exit_code == 2 and "contradict" in res.stderr
+
+
+def test_feature_cache_key_ignores_memory_format():
+    from csra_cli.model import create_model
+    from csra_cli.train import _frozen_digest, split_model
+
+    frozen, _ = split_model(create_model("efficientnet_lite0", 2, 1, 0.1, pretrained=True), 2)
+    before = _frozen_digest(frozen)
+    assert _frozen_digest(frozen.to(memory_format=torch.channels_last)) == before
+    with torch.no_grad():
+        next(frozen.parameters()).add_(1e-3)
+    assert _frozen_digest(frozen) != before
