@@ -16,6 +16,23 @@ from .card import ModelCard
 RESIZE_MODES = ("squash",)
 
 
+def _register_optional_formats() -> None:
+    """HEIC/HEIF and AVIF through their Pillow plugins, when installed (pip install '.[heif]')."""
+    try:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    except ImportError:
+        pass
+    try:
+        import pillow_avif  # noqa: F401  (registers itself; Pillow >= 11.3 reads AVIF natively)
+    except ImportError:
+        pass
+
+
+_register_optional_formats()
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: transparency composited on white, CMYK/16-bit/grayscale converted."""
     if img.mode == "RGB":

@@ -239,3 +239,13 @@ def test_resume_after_a_killed_run_gives_every_image_once(tmp_path, tiny_model_p
     # resuming a finished run adds nothing and keeps everything
     res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and len(pd.read_csv(out)) == 150
+
+
+def test_avif_and_heic_when_a_codec_is_present(tmp_path, tiny_model_path):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF codec (pip install '.[heif]')")
+    make_image(tmp_path / "p" / "photo.avif")
+    res = tag(tmp_path / "p", "-m", tiny_model_path, "-q")
+    assert res.exit_code == 0 and json.loads(res.stdout)["path"].endswith("photo.avif")
