@@ -111,9 +111,23 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict({k: v.to(model_state[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def umask_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp's temporaries are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A temporary file beside ``path`` with ordinary permissions, to be renamed onto it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.fchmod(fd, umask_mode())
+    return fd, tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = atomic_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

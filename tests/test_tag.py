@@ -249,3 +249,12 @@ def test_avif_and_heic_when_a_codec_is_present(tmp_path, tiny_model_path):
     make_image(tmp_path / "p" / "photo.avif")
     res = tag(tmp_path / "p", "-m", tiny_model_path, "-q")
     assert res.exit_code == 0 and json.loads(res.stdout)["path"].endswith("photo.avif")
+
+
+def test_outputs_get_ordinary_permissions(tmp_path, image_folder, tiny_model_path):
+    from csra_cli.checkpoint import umask_mode
+
+    out = tmp_path / "t.csv"
+    assert tag(image_folder, "-o", out, "-m", tiny_model_path, "-q", "--sidecar", "txt").exit_code == 0
+    assert out.stat().st_mode & 0o777 == umask_mode()
+    assert (image_folder / "a.txt").stat().st_mode & 0o777 == umask_mode()
