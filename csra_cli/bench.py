@@ -165,7 +165,8 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     runner = get_runner(model_name, backend, device, precision)
     card = runner.card
     say = log or (lambda m: None)
-    result = {"model": card.name, "arch": card.arch, "input_size": card.input_size, "backend": backend,
+    result = {"model": card.name, "arch": card.arch, "input_size": card.input_size,
+              "backend": "onnxruntime" if type(runner).__name__ == "OnnxRunner" else "torch",
               "device": str(getattr(runner, "device", "cpu")), "precision": precision, "batch_size": batch_size,
               "workers": workers, "images": len(images), "torch_threads": torch.get_num_threads(),
               "cpu_count": __import__("os").cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__}
@@ -174,8 +175,9 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     say("end to end (ours) …")
     bench_pipeline(runner, images[: min(len(images), batch_size * 2)], batch_size, workers)  # warm-up
     result["end_to_end"], ours = bench_pipeline(runner, images, batch_size, workers)
-    if baselines and backend == "torch":  # the baselines are PyTorch loops of the same model
+    if baselines and not (model_name or "").endswith(".onnx"):  # PyTorch loops of the same model
         torch_model = load_model(model_name)
+        torch.set_num_threads(__import__("os").cpu_count() or 1)  # the baselines run in PyTorch
         say("baseline: demo-style loop …")
         result["demo_style"] = bench_demo_style(torch_model, images)
         say("baseline: val-style loop …")

@@ -81,20 +81,23 @@ def get_model(model: Optional[str], arch: Optional[str] = None, heads: Optional[
 
 def get_runner(model: Optional[str], backend: str, device: str, precision: str, arch=None, heads=None,
                lam=None, class_names=None):
-    from .runners import OnnxRunner, TorchRunner
+    """auto: onnxruntime on the CPU (a cached, verified export of the model), PyTorch elsewhere."""
+    from .runners import OnnxRunner, TorchRunner, auto_runner
 
     device = parse_device(device)
+    backend = os.environ.get("CSRA_BACKEND", "auto") if backend == "auto" else backend
     if backend == "onnx":
         if not model or not model.endswith(".onnx"):
             raise CSRAError("--backend onnx needs --model FILE.onnx (make one with 'csra export --onnx')")
         if not Path(model).is_file():
             raise CSRAError(f"{model}: no such file")
         return OnnxRunner(model, device)
-    if backend != "torch":
-        raise CSRAError(f"--backend {backend!r}: use torch or onnx")
+    if backend not in ("auto", "torch"):
+        raise CSRAError(f"--backend {backend!r}: use auto, torch or onnx")
     if model and model.endswith(".onnx"):
         return OnnxRunner(model, device)
-    return TorchRunner(get_model(model, arch, heads, lam, class_names), device, precision)
+    m = get_model(model, arch, heads, lam, class_names)
+    return auto_runner(m, device, precision) if backend == "auto" else TorchRunner(m, device, precision)
 
 
 def default_workers() -> int:
@@ -163,7 +166,7 @@ def tag(
     workers: int = typer.Option(-1, "--workers", "-j", help="Decoding processes (-1: cores - 1, at most 4)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", help="auto (fp16/bf16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16."),
-    backend: str = typer.Option("torch", help="torch, or onnx with --model FILE.onnx."),
+    backend: str = typer.Option("auto", help="auto (onnxruntime on CPU, PyTorch on GPU), torch, or onnx with --model FILE.onnx."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),

@@ -23,7 +23,7 @@ def bench(
     workers: int = typer.Option(-1, "--workers", "-j"),
     device: str = typer.Option("auto"),
     precision: str = typer.Option("auto"),
-    backend: str = typer.Option("torch", help="torch or onnx (with --model FILE.onnx)."),
+    backend: str = typer.Option("auto", help="auto (onnxruntime on CPU, PyTorch on GPU), torch, or onnx (with --model FILE.onnx)."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also time the official-style loops."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ):

@@ -39,7 +39,7 @@ def eval_cmd(
     workers: int = typer.Option(-1, "--workers", "-j"),
     device: str = typer.Option("auto"),
     precision: str = typer.Option("auto"),
-    backend: str = typer.Option("torch"),
+    backend: str = typer.Option("auto", help="auto (onnxruntime on CPU, PyTorch on GPU), torch, or onnx."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """mAP (paper protocol), CP/CR/CF1/OP/OR/OF1 and per-class numbers on a labelled set."""

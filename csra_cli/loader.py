@@ -111,6 +111,6 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 
 def set_threads(workers: int) -> None:
-    """Leave a core per decoding worker, keep at least one for the model."""
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores - workers) if workers else cores)
+    """The model keeps every core: decoding a photo is a small share of the work, and giving a
+    core to each worker made tagging ~1.5x slower on 2 cores (benchmarks/RESULTS.md)."""
+    torch.set_num_threads(os.cpu_count() or 1)

@@ -23,6 +23,8 @@ def isolated_home(tmp_path_factory, monkeypatch):
     """Each test gets its own model cache, never the user's."""
     home = tmp_path_factory.mktemp("csra_home")
     monkeypatch.setenv("CSRA_HOME", str(home))
+    # PyTorch by default in tests (no per-test ONNX export); test_auto_backend covers the default.
+    monkeypatch.setenv("CSRA_BACKEND", "torch")
     return home
 
 

@@ -84,3 +84,20 @@ def test_bench_synthetic_prints_valid_json(tiny_model_path):
         assert r[key]["images_per_s"] > 0
     assert r["ratios"]["end_to_end_vs_demo"] > 0 and r["peak_rss_mb"] > 0
     assert r["tags_same_as_exact_resize_pct"] >= 0 and r["images"] == 8
+
+
+def test_auto_backend_uses_a_cached_verified_onnx_on_cpu(monkeypatch, isolated_home, tiny_model_path, image_folder):
+    monkeypatch.delenv("CSRA_BACKEND")
+    a = runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q", "--scores"],
+                      catch_exceptions=False)
+    cached = list((isolated_home / "onnx").glob("tiny-*.onnx"))
+    assert a.exit_code == 0 and len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    b = runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q", "--scores",
+                            "--backend", "torch"], catch_exceptions=False)
+    ra, rb = [list(map(json.loads, r.stdout.splitlines())) for r in (a, b)]
+    assert [r["tags"] for r in ra] == [r["tags"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert max(abs(x["scores"][c] - y["scores"][c]) for c in x["scores"]) < 1e-4
+    runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q"], catch_exceptions=False)
+    assert cached[0].stat().st_mtime_ns == stamp  # reused, not exported again
