@@ -5,7 +5,6 @@ import functools
 import json
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,13 +22,6 @@ app.add_typer(models_app, name="models")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _state = {"debug": False}
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
 
 
 def handle_errors(fn):
@@ -199,7 +191,7 @@ def tag(
         raise CSRAError("'-' (stdin) may be given once")
     fmt = format_for(out, fmt)
     workers = default_workers() if workers < 0 else workers
-    set_threads(workers)
+    set_threads()
     runner = get_runner(model, backend, device, precision, arch, heads, lam, class_names)
     names = runner.card.classes
     per_class = np.array(runner.card.class_thresholds(threshold), dtype=np.float64)

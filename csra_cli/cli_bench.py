@@ -46,7 +46,7 @@ def bench(
         if not paths:
             raise CSRAError(f"--images {images}: no images found")
     workers = default_workers() if workers < 0 else workers
-    set_threads(workers)
+    set_threads()
     result = run_bench(model, paths, synthetic, batch_size, workers, device, precision, backend, baselines,
                        log=None if as_json else info)
     if as_json:

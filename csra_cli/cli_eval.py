@@ -62,7 +62,7 @@ def eval_cmd(
         model_name = scores
     else:
         workers = default_workers() if workers < 0 else workers
-        set_threads(workers)
+        set_threads()
         runner = get_runner(model, backend, device, precision, arch, heads, lam, class_names)
         card, model_classes, model_name = runner.card, runner.card.classes, runner.card.name
         show = progress_enabled(quiet)

@@ -93,7 +93,7 @@ def train(
                       lr_step=lr_step, lr_gamma=lr_gamma, crop_scale=(crop_scale_min, 1.0),
                       trainable_stages=stages, workers=workers, seed=seed, half=not fp32, ema=ema,
                       license=license, attribution=attribution)
-    set_threads(0)
+    set_threads()
     info(f"training {arch} ({heads} heads, lambda {lam}) at {input_size}px on {len(train_set)} images"
          + (f", validating on {len(val_set)}" if val_set else ""))
     path, report = run_train(cfg, train_set, val_set, out, name, resume=resume, log=info)

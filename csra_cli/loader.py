@@ -110,7 +110,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def set_threads(workers: int) -> None:
+def set_threads() -> None:
     """The model keeps every core: decoding a photo is a small share of the work, and giving a
     core to each worker made tagging ~1.5x slower on 2 cores (benchmarks/RESULTS.md)."""
     torch.set_num_threads(os.cpu_count() or 1)
