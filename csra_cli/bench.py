@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import tempfile
@@ -169,7 +170,7 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
               "backend": "onnxruntime" if type(runner).__name__ == "OnnxRunner" else "torch",
               "device": str(getattr(runner, "device", "cpu")), "precision": precision, "batch_size": batch_size,
               "workers": workers, "images": len(images), "torch_threads": torch.get_num_threads(),
-              "cpu_count": __import__("os").cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__}
+              "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__}
     say("model only …")
     result["model_only"] = bench_model_only(runner, batch_size)
     say("end to end (ours) …")
@@ -177,7 +178,7 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     result["end_to_end"], ours = bench_pipeline(runner, images, batch_size, workers)
     if baselines and not (model_name or "").endswith(".onnx"):  # PyTorch loops of the same model
         torch_model = load_model(model_name)
-        torch.set_num_threads(__import__("os").cpu_count() or 1)  # the baselines run in PyTorch
+        torch.set_num_threads(os.cpu_count() or 1)  # the baselines run in PyTorch
         say("baseline: demo-style loop …")
         result["demo_style"] = bench_demo_style(torch_model, images)
         say("baseline: val-style loop …")

@@ -29,6 +29,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def state_digest(module: torch.nn.Module, extra: bytes = b"") -> str:
+    """sha256 of a module's state-dict names and tensor bytes (independent of memory format,
+    e.g. channels-last), plus ``extra``."""
+    digest = hashlib.sha256(extra)
+    for k, v in module.state_dict().items():
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")

@@ -76,15 +76,11 @@ class OnnxRunner:
 
 def _graph_digest(model) -> str:
     """Identity of what the exported graph computes: the weights and the card fields that shape it."""
-    import hashlib
+    from .checkpoint import state_digest
 
-    h = hashlib.sha256()
     c = model.card
-    h.update(repr((c.arch, c.num_heads, c.lam, c.input_size, sorted(c.arch_kwargs.items()), ONNX_OPSET)).encode())
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
+    shape = repr((c.arch, c.num_heads, c.lam, c.input_size, sorted(c.arch_kwargs.items()), ONNX_OPSET))
+    return state_digest(model, shape.encode())[:24]
 
 
 ONNX_OPSET = 18  # the torch.export-based exporter: its graph ran ~1.4x faster than opset 17's here

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .card import ModelCard
-from .checkpoint import atomic_write_bytes, save_csra
+from .checkpoint import atomic_write_bytes, save_csra, state_digest
 from .console import status, status_done
 from .datasets import LabelledSet
 from .loader import ImageListDataset, make_loader
@@ -70,12 +70,7 @@ def _digest(*parts) -> str:
 
 
 def _frozen_digest(frozen: nn.Module) -> str:
-    """Hash of the frozen weights' bytes; independent of their memory format (channels-last)."""
-    h = hashlib.sha256()
-    for k, v in frozen.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
+    return state_digest(frozen)[:20]
 
 
 def _file_stamp(paths: list[str]) -> str:
@@ -280,9 +275,10 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
     model = create_model(cfg.arch, len(classes), cfg.num_heads, cfg.lam, pretrained=True, card=card)
     pre = Preprocess.from_card(card)
     frozen, tail = split_model(model, cfg.trainable_stages)
+    whole = isinstance(frozen, nn.Identity)  # nothing frozen: train on augmented images, no cache
     for p in frozen.parameters():
         p.requires_grad_(False)
-    if cfg.trainable_stages is None:  # the whole network, on augmented images
+    if whole:
         loader = torch.utils.data.DataLoader(AugmentedImages(train_set.paths, pre, cfg.crop_scale),
                                              batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                                              drop_last=len(train_set) > cfg.batch_size)
@@ -315,7 +311,7 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         ema = AveragedModel(tail, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         if resume and ckpt_path.exists() and "ema" in ck:
             ema.load_state_dict(ck["ema"])
-        if predict_val is not None and cfg.trainable_stages is not None:
+        if predict_val is not None and not whole:
             predict_val = lambda: predict_cached(ema.module, val_feats)  # noqa: E731
         elif predict_val is not None:
             raise ValueError("--ema works with cached features (--freeze-backbone / --trainable-stages N)")

@@ -104,3 +104,13 @@ def test_feature_cache_key_ignores_memory_format():
     with torch.no_grad():
         next(frozen.parameters()).add_(1e-3)
     assert _frozen_digest(frozen) != before
+
+
+def test_more_trainable_stages_than_the_backbone_has_means_the_whole_network(tmp_path, isolated_home):
+    lab = _dataset(tmp_path / "data", 4)
+    res = runner.invoke(app, [str(a) for a in ["train", "--dataset", "csv", "--labels", lab, "--arch",
+                                                 "efficientnet_lite0", "--input-size", "64", "--epochs", "1",
+                                                 "--batch-size", "4", "--workers", "0", "--trainable-stages", "50",
+                                                 "--out", tmp_path / "run", "--name", "all"]], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert not (isolated_home / "features").exists()  # trained on images, nothing cached
