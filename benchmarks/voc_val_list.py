@@ -4,7 +4,7 @@
 """
 import sys
 
-from csra_cli.datasets import read_voc
+from csra_cli.data.datasets import read_voc
 
 root, split = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "val"
 print("\n".join(read_voc(root, split).paths))

@@ -31,10 +31,10 @@ def isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     """A small random ResNet-18 CSRA model in our format (64 px, 20 VOC classes, 2 heads)."""
-    from csra_cli.card import ModelCard
-    from csra_cli.checkpoint import save_csra
-    from csra_cli.classes import VOC_CLASSES
-    from csra_cli.model import create_model
+    from csra_cli.models.card import ModelCard
+    from csra_cli.models.checkpoint import save_csra
+    from csra_cli.data.classes import VOC_CLASSES
+    from csra_cli.models.csra import create_model
 
     torch.manual_seed(0)
     card = ModelCard("tiny", "resnet18", 2, 0.3, list(VOC_CLASSES), input_size=64, threshold=0.5)

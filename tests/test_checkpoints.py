@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from csra_cli import load_model
-from csra_cli.api import load_official
-from csra_cli.checkpoint import read_csra, read_state_dict, save_csra, sha256_file
+from csra_cli.models.loading import load_official
+from csra_cli.fileio import sha256_file
+from csra_cli.models.checkpoint import read_csra, read_state_dict, save_csra
 from csra_cli.errors import CheckpointError, ModelNotFound
 
 from .conftest import FIXTURES, needs_shared
@@ -49,7 +50,7 @@ def test_wrong_architecture_is_refused_with_a_readable_message():
 
 
 def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
-    from csra_cli.model import create_model
+    from csra_cli.models.csra import create_model
 
     state = create_model("resnet18", 20, 1, 0.1).state_dict()
     state.pop("layer4.1.bn2.weight")

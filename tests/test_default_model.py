@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from csra_cli import load_model, registry
-from csra_cli.checkpoint import sha256_file
-from csra_cli.classes import VOC_CLASSES
+from csra_cli import load_model
+from csra_cli.models import registry
+from csra_cli.fileio import sha256_file
+from csra_cli.data.classes import VOC_CLASSES
 from csra_cli.cli import app
 
 from .conftest import VOC, needs_voc
@@ -40,7 +41,7 @@ def test_default_loads_without_arguments_and_offline():
 
 @needs_voc
 def test_tagging_shared_voc_images_returns_their_true_classes(tmp_path):
-    from csra_cli.datasets import read_voc
+    from csra_cli.data.datasets import read_voc
 
     val = read_voc(VOC, "val")
     # a deterministic spread of images with a single clear class each

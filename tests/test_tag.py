@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from csra_cli.cli import app
-from csra_cli.classes import VOC_CLASSES
+from csra_cli.data.classes import VOC_CLASSES
 
 from .conftest import make_image
 
@@ -97,7 +97,7 @@ def test_modes_and_broken_files_never_end_the_batch(tmp_path, tiny_model_path):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    from csra_cli.preprocess import open_image
+    from csra_cli.data.preprocess import open_image
 
     img = Image.new("RGB", (80, 40), "red")
     exif = Image.Exif()
@@ -252,7 +252,7 @@ def test_avif_and_heic_when_a_codec_is_present(tmp_path, tiny_model_path):
 
 
 def test_outputs_get_ordinary_permissions(tmp_path, image_folder, tiny_model_path):
-    from csra_cli.checkpoint import umask_mode
+    from csra_cli.fileio import umask_mode
 
     out = tmp_path / "t.csv"
     assert tag(image_folder, "-o", out, "-m", tiny_model_path, "-q", "--sidecar", "txt").exit_code == 0

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from csra_cli import load_model
 from csra_cli.cli import app
-from csra_cli.train import random_resized_crop
+from csra_cli.train.trainer import random_resized_crop
 
 from .conftest import make_image
 
@@ -76,7 +76,7 @@ def test_whole_network_training_on_augmented_images(tmp_path):
                                                  "--fp32"]], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     before = load_model(str(out / "full.safetensors"))
-    fresh = __import__("csra_cli.model", fromlist=["create_model"]).create_model(
+    fresh = __import__("csra_cli.models.csra", fromlist=["create_model"]).create_model(
         "efficientnet_lite0", 2, 1, 0.1, pretrained=True)
     # the backbone itself was trained (not only the head)
     assert not torch.equal(before.backbone.conv_stem.weight, fresh.backbone.conv_stem.weight)
@@ -95,8 +95,8 @@ def test_train_refuses_bad_settings(tmp_path):
 
 
 def test_feature_cache_key_ignores_memory_format():
-    from csra_cli.model import create_model
-    from csra_cli.train import _frozen_digest, split_model
+    from csra_cli.models.csra import create_model
+    from csra_cli.train.trainer import _frozen_digest, split_model
 
     frozen, _ = split_model(create_model("efficientnet_lite0", 2, 1, 0.1, pretrained=True), 2)
     before = _frozen_digest(frozen)

@@ -1,0 +1,72 @@
+"""``csra bench``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, PrecisionOpt, WorkersOpt, app,
+                  handle_errors, resolve_workers)
+from ..console import err, info
+from ..errors import CSRAError
+
+
+@app.command()
+@handle_errors
+def bench(
+    model: ModelOpt = None,
+    images: Annotated[Optional[str], typer.Option("--images", help="Folder of images, or a text file with one path per line.")] = None,
+    limit: Annotated[int, typer.Option(help="Use at most N images of --images (0: all).")] = 0,
+    synthetic: Annotated[int, typer.Option("--synthetic", help="Without --images: N generated 500x375 JPEGs.")] = 64,
+    batch_size: BatchSizeOpt = 16,
+    workers: WorkersOpt = -1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    backend: BackendOpt = "auto",
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also time the official-style loops.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+):
+    """Throughput (model only and end to end), latency p50/p95, peak RSS/GPU memory, and the
+    ratios against demo-style and val-style baselines timed in the same run."""
+    from ..engine.bench import run_bench
+    from ..data.inputs import expand_inputs
+    from ..engine.device import set_threads
+
+    if synthetic < 1 and not images:
+        raise CSRAError("--synthetic must be at least 1 (or give --images)")
+    paths = None
+    if images:
+        listed = Path(images)
+        if listed.is_file() and listed.suffix.lower() in (".txt", ".lst"):
+            paths = [ln.strip() for ln in listed.read_text().splitlines() if ln.strip()]
+        else:
+            paths = list(expand_inputs([images]))
+        paths = paths[:limit] if limit else paths
+        if not paths:
+            raise CSRAError(f"--images {images}: no images found")
+    workers = resolve_workers(workers)
+    set_threads()
+    result = run_bench(model, paths, synthetic, batch_size, workers, device, precision, backend, baselines,
+                       log=None if as_json else info)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"csra bench: {result['model']} @ {result['input_size']}px, {result['images']} images, "
+                    f"{result['device']}, batch {result['batch_size']}, {result['workers']} workers")
+    for col in ("pipeline", "images/s", "p50 ms/batch", "p95 ms/batch"):
+        t.add_column(col)
+    for key, label in (("model_only", "model only"), ("end_to_end", "end to end (csra tag)"),
+                       ("demo_style", "baseline: demo-style"), ("val_style", "baseline: val-style")):
+        if key in result:
+            r = result[key]
+            t.add_row(label, f"{r['images_per_s']:.1f}", str(r["p50_ms"]), str(r["p95_ms"]))
+    err.print(t)
+    if "ratios" in result:
+        r = result["ratios"]
+        err.print(f"end to end vs demo-style: {r['end_to_end_vs_demo']}x, vs val-style: {r['end_to_end_vs_val']}x; "
+                  f"tags same as exact resize: {result['tags_same_as_exact_resize_pct']}%")
+    err.print(f"peak RSS {result['peak_rss_mb']} MB" + (f", peak GPU {result['peak_gpu_mb']} MB" if "peak_gpu_mb" in result else ""))

@@ -1,0 +1,158 @@
+"""``csra eval``."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from .app import (ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt, DeviceOpt, HeadsOpt, LamOpt, ModelOpt,
+                  PrecisionOpt, QuietOpt, WorkersOpt, app, handle_errors, resolve_workers, runner_for)
+from ..console import err, make_progress, progress_enabled, warn
+from ..errors import CSRAError
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    dataset: Annotated[str, typer.Option(help="voc, coco or csv.")],
+    root: Annotated[Optional[str], typer.Option(help="VOC: VOCdevkit or VOC2007 folder.")] = None,
+    split: Annotated[str, typer.Option(help="VOC split (difficult-only classes are ignored on test).")] = "test",
+    annotations: Annotated[Optional[str], typer.Option(help="COCO: instances JSON (2014 or 2017).")] = None,
+    images: Annotated[Optional[str], typer.Option(help="COCO: images folder.")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="CSV: labels file with the columns path,tags.")] = None,
+    tag_sep: Annotated[str, typer.Option(help="CSV: tag separator.")] = ";",
+    class_map: Annotated[Optional[str], typer.Option(help="Dataset name -> model name: JSON or CSV file, or coco-to-voc / voc-to-coco.")] = None,
+    model: ModelOpt = None,
+    arch: ArchOpt = None,
+    heads: HeadsOpt = None,
+    lam: LamOpt = None,
+    class_names: ClassNamesOpt = None,
+    scores: Annotated[Optional[str], typer.Option("--scores", help="Evaluate this scores CSV instead of running a model.")] = None,
+    save_scores: Annotated[Optional[str], typer.Option("--save-scores", help="Write image x class scores to this CSV.")] = None,
+    calibrate: Annotated[Optional[str], typer.Option("--calibrate", help="Write per-class F1-maximising thresholds (JSON).")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", "-t")] = 0.5,
+    ap: Annotated[str, typer.Option("--ap", help="exact (non-interpolated, as the paper) or voc07-11pt.")] = "exact",
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the full report as JSON (- for stdout).")] = None,
+    batch_size: BatchSizeOpt = 16,
+    workers: WorkersOpt = -1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    backend: BackendOpt = "auto",
+    quiet: QuietOpt = False,
+):
+    """mAP (paper protocol), CP/CR/CF1/OP/OR/OF1 and per-class numbers on a labelled set."""
+    import numpy as np
+
+    from ..data.selection import open_dataset
+    from ..evaluation.scoring import align_scores, match_classes, read_class_map, read_scores, score_images, write_scores
+    from ..engine.device import set_threads
+    from ..evaluation.metrics import best_f1_thresholds, evaluate
+
+    if ap not in ("exact", "voc07-11pt"):
+        raise CSRAError("--ap: use exact or voc07-11pt")
+    data = open_dataset(dataset, root, split, annotations, images, labels, tag_sep)
+    if len(data) == 0:
+        raise CSRAError(f"{data.name}: no labelled images")
+    started = time.time()
+    failures: list = []
+    card = None
+    if scores:
+        score_paths, model_classes, all_scores = read_scores(scores)
+        all_scores = align_scores(data, score_paths, all_scores)
+        model_name = scores
+    else:
+        workers = resolve_workers(workers)
+        set_threads()
+        runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
+        card, model_classes, model_name = runner.card, runner.card.classes, runner.card.name
+        show = progress_enabled(quiet)
+        progress = task = None
+        if show:
+            progress, task = make_progress(len(data), "scoring")
+            progress.start()
+        try:
+            all_scores, failures = score_images(runner, data.paths, batch_size, workers,
+                                                (lambda n: progress.advance(task, n)) if progress else None)
+        finally:
+            if progress:
+                progress.stop()
+        if save_scores:
+            write_scores(save_scores, data.paths, model_classes, all_scores)
+    data_cols, model_cols, left_data, left_model = match_classes(data, model_classes, read_class_map(class_map))
+    if left_data and not quiet:
+        warn(f"dataset classes without a model class, left out: {', '.join(left_data)}")
+    classes = [model_classes[c] for c in model_cols]
+    lab = data.labels[:, data_cols]
+    sc = all_scores[:, model_cols]
+    readable = ~np.isnan(sc).any(axis=1)
+    if (~readable).any() and not failures:
+        failures = [(p, "no score") for p, ok in zip(data.paths, readable) if not ok]
+    report = evaluate(sc[readable], lab[readable], classes, threshold, ap)
+    if card is not None and card.thresholds:
+        per = [card.thresholds.get(c, card.threshold) for c in classes]
+        at = evaluate(sc[readable], lab[readable], classes, per, ap)
+        report["model_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
+    report.update({
+        "model": model_name, "dataset": data.name, "split": split if dataset == "voc" else None,
+        "threshold": threshold, "ap": ap, "classes_evaluated": classes, "dataset_classes_left_out": left_data,
+        "model_classes_unmatched": left_model, "num_images_labelled": len(data),
+        "num_images_failed": len(failures), "failed": [{"path": p, "error": e} for p, e in failures],
+        "seconds": round(time.time() - started, 2),
+    })
+    if calibrate:
+        from ..fileio import atomic_write_bytes
+        from pathlib import Path
+
+        t = best_f1_thresholds(sc[readable], lab[readable])
+        atomic_write_bytes(Path(calibrate), json.dumps({c: round(float(v), 4) for c, v in zip(classes, t)},
+                                                        indent=2).encode())
+    if not quiet:
+        print_report(report)
+    if json_out:
+        text = json.dumps(finite(report), indent=2, allow_nan=False) + "\n"
+        if json_out == "-":
+            typer.echo(text, nl=False)
+        else:
+            from ..fileio import atomic_write_bytes
+            from pathlib import Path
+
+            atomic_write_bytes(Path(json_out), text.encode())
+    if failures:
+        warn(f"{len(failures)} images could not be read and are not in the metrics (listed under 'failed')")
+        raise typer.Exit(1)
+
+
+def finite(obj):
+    """NaN (a metric with nothing to average) becomes null, so the JSON is strict."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def print_report(r: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{r['model']} on {r['dataset']} ({r['num_images']} images, {r['seconds']} s)")
+    for col in ("class", "AP", "P", "R", "positives"):
+        t.add_column(col, justify="right" if col != "class" else "left")
+    for c, v in r["per_class"].items():
+        t.add_row(c, "-" if v["AP"] is None else f"{v['AP']:.1f}", f"{v['precision']:.1f}", f"{v['recall']:.1f}",
+                  str(v["positives"]))
+    err.print(t)
+    line = "  ".join(f"{k} {r[k]:.1f}" for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"))
+    err.print(f"[bold]{line}[/]  (threshold {r['threshold']})")
+    if "model_thresholds" in r:
+        mt = r["model_thresholds"]
+        err.print("at the model's per-class thresholds: " + "  ".join(f"{k} {mt[k]:.1f}" for k in mt))
+    if r["classes_without_positives"]:
+        err.print(f"classes with no positive (not in mAP): {', '.join(r['classes_without_positives'])}")

@@ -1,0 +1,58 @@
+"""``csra explain``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from .app import (ArchOpt, ClassNamesOpt, DeviceOpt, HeadsOpt, LamOpt, ModelOpt, app, handle_errors,
+                  load_model_for)
+from ..console import error, info
+from ..errors import CSRAError
+
+
+@app.command()
+@handle_errors
+def explain(
+    images: Annotated[List[str], typer.Argument(help="Image files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the heatmaps.")],
+    class_: Annotated[List[str], typer.Option("--class", "-c", help="Class to draw (repeatable; default: the predicted ones).")] = [],
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="At most K classes per image.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="png (overlays + grid) or npy (raw maps).")] = "png",
+    model: ModelOpt = None,
+    arch: ArchOpt = None,
+    heads: HeadsOpt = None,
+    lam: LamOpt = None,
+    class_names: ClassNamesOpt = None,
+    device: DeviceOpt = "auto",
+):
+    """Class attention heatmaps: where the CSRA head finds each class.
+
+    For multi-head models the map drawn is the sum of the heads' class score maps (its mean over
+    positions is the base logit), so it reflects the whole model rather than one head."""
+    from ..explain.heatmaps import MAP_NOTE, explain_image
+    from ..engine.device import pick_device
+
+    if fmt not in ("png", "npy"):
+        raise CSRAError("--format: use png or npy")
+    if out.exists() and not out.is_dir():
+        raise CSRAError(f"--out {out}: exists and is not a folder")
+    m = load_model_for(model, arch, heads, lam, class_names)
+    unknown = [c for c in class_ if c not in m.classes]
+    if unknown:
+        raise CSRAError(f"--class: unknown {', '.join(unknown)}; the model's classes are {', '.join(m.classes)}")
+    dev = pick_device(device)
+    m.to(dev)
+    info(f"drawing: {MAP_NOTE}" + (f" ({m.card.num_heads} heads)" if m.card.num_heads > 1 else ""))
+    failed = 0
+    for path in images:
+        try:
+            written = explain_image(m, path, out, class_ or None, top_k, fmt, dev)
+        except (OSError, ValueError) as exc:
+            failed += 1
+            error(f"{path}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+            continue
+        info(f"{path}: " + ", ".join(p.name for p in written))
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,134 @@
+"""``csra models``: list, info, download, import."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..models import registry
+from .app import handle_errors, models_app
+from ..console import info, warn
+from ..errors import CSRAError
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "?"
+
+
+def _rows() -> list[dict]:
+    default = registry.default_name()
+    rows = []
+    for e in registry.entries():
+        path = registry.installed_path(e)
+        rows.append({"name": e["name"], "default": e["name"] == default, "kind": e.get("kind", "official"),
+                     "arch": e.get("arch"), "heads": e.get("num_heads"), "dataset": e.get("dataset"),
+                     "mAP": (e.get("metrics") or {}).get("mAP"), "size": e.get("size"),
+                     "installed": str(path) if path else None})
+    for p in registry.imported_models():
+        card = json.loads(p.with_suffix(".json").read_text())
+        rows.append({"name": p.stem, "default": False, "kind": "imported", "arch": card.get("arch"),
+                     "heads": card.get("num_heads"), "dataset": None,
+                     "mAP": (card.get("metrics") or {}).get("mAP"), "size": p.stat().st_size, "installed": str(p)})
+    return rows
+
+
+@models_app.callback(invoke_without_command=True)
+@handle_errors
+def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="JSON on stdout.")):
+    """List known models: shipped, official releases (downloadable) and imported ones."""
+    if ctx.invoked_subcommand:
+        return
+    rows = _rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="csra models")
+    for col in ("name", "kind", "arch", "heads", "data", "mAP", "size", "installed"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"] + (" (default)" if r["default"] else ""), r["kind"], str(r["arch"]),
+                      str(r["heads"]), str(r["dataset"] or ""), "" if r["mAP"] is None else f"{r['mAP']}",
+                      _size(r["size"]), "yes" if r["installed"] else "no")
+    from rich.console import Console
+
+    Console(highlight=False).print(table)
+
+
+@models_app.command("info")
+@handle_errors
+def models_info(name: str = typer.Argument(..., help="A model name (see 'csra models').")):
+    """Everything known about a model: registry entry, and its card when installed."""
+    from ..models.checkpoint import card_path
+
+    local = registry.imported(name)
+    out: dict = {}
+    if local is None:
+        entry = registry.entry(name)
+        out["registry"] = entry
+        path = registry.installed_path(entry)
+        out["installed"] = str(path) if path else None
+        if path is not None and path.suffix == ".safetensors":
+            out["card"] = json.loads(card_path(path).read_text())
+    else:
+        out = {"installed": str(local), "card": json.loads(local.with_suffix(".json").read_text())}
+    typer.echo(json.dumps(out, indent=2))
+
+
+@models_app.command("download")
+@handle_errors
+def models_download(
+    name: Annotated[str, typer.Argument(help="A model name from 'csra models'.")],
+    url: Annotated[Optional[str], typer.Option(help="Fetch from this URL (a mirror) instead of the registry's.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if installed.")] = False,
+):
+    """Download a model into the cache ($CSRA_HOME, default ~/.cache/csra), sha256-checked."""
+    from ..models.download import download
+
+    entry = registry.entry(name)
+    dest = registry.cache_dir() / entry["file"]
+    have = registry.installed_path(entry)
+    if have and not force:
+        info(f"{name} is already installed at {have}")
+        return
+    source = url or entry.get("url")
+    if not source:
+        raise CSRAError(f"{name} has no download URL; it ships in weights/")
+    info(f"downloading {name} from {source}")
+    digest = download(source, dest, entry.get("sha256"))
+    if entry.get("sha256"):
+        info(f"verified sha256 {digest}; saved {dest}")
+    else:
+        warn(f"sha256 {digest}: could not verify (the registry lists no digest for {name}); saved {dest}")
+
+
+@models_app.command("import")
+@handle_errors
+def models_import(
+    checkpoint: Annotated[Path, typer.Argument(help="An official CSRA .pth checkpoint.")],
+    lam: Annotated[float, typer.Option(help="Lambda the model was trained with.")],
+    classes: Annotated[str, typer.Option(help="voc, coco, wider, a,b,c or a file with one name per line.")],
+    arch: Annotated[Optional[str], typer.Option(help="Architecture (else inferred from the keys).")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="CSRA heads (checked against the keys).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name to use it by (default: the file's stem).")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="Input size (default: 448 ResNet, the checkpoint's for ViT).")] = None,
+):
+    """Convert an official checkpoint into our format (safetensors + card) in the cache."""
+    from ..models.loading import load_official
+    from ..models.checkpoint import save_csra
+
+    model = load_official(checkpoint, arch=arch, num_heads=heads, lam=lam, classes=classes, name=name,
+                          input_size=input_size)
+    dest = registry.cache_dir() / f"{model.card.name}.safetensors"
+    save_csra(model, model.card, dest)
+    info(f"imported {checkpoint} as '{model.card.name}' ({model.card.arch}, {model.card.num_heads} heads, "
+         f"{model.card.num_classes} classes) -> {dest}")

@@ -1,0 +1,114 @@
+"""Image decoding and preprocessing as the model card says (size, resize mode, mean/std).
+
+Decoding returns uint8 CHW tensors, so DataLoader workers ship a quarter of the bytes;
+``normalize`` turns a uint8 batch into the float input that the model's forward takes.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+
+RESIZE_MODES = ("squash",)
+
+
+def _register_optional_formats() -> None:
+    """HEIC/HEIF and AVIF through their Pillow plugins, when installed (pip install '.[heif]')."""
+    try:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    except ImportError:
+        pass
+    try:
+        import pillow_avif  # noqa: F401  (registers itself; Pillow >= 11.3 reads AVIF natively)
+    except ImportError:
+        pass
+
+
+_register_optional_formats()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: transparency composited on white, CMYK/16-bit/grayscale converted."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(path, draft_size: int | None = None) -> Image.Image:
+    """Open an image as the viewer sees it: first frame, EXIF orientation applied, RGB.
+
+    With ``draft_size``, JPEGs are decoded by libjpeg at the smallest 1/2, 1/4 or 1/8 scale
+    still at least that size on both sides, which is much faster for large photos."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(path)
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+class Preprocess:
+    """Resize and normalisation of one model, from its card."""
+
+    def __init__(self, input_size: int, mean=None, std=None, resize: str = "squash", fast: bool = True):
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {resize!r}")
+        self.size = int(input_size)
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.fast = fast
+
+    @classmethod
+    def from_card(cls, card, fast: bool = True) -> "Preprocess":
+        """From a model card (anything with input_size, mean, std and resize)."""
+        return cls(card.input_size, card.mean, card.std, card.resize, fast)
+
+    def load(self, path) -> torch.Tensor:
+        """Decode and resize a file to a uint8 (3, S, S) tensor."""
+        return self.resize(open_image(path, self.size if self.fast else None))
+
+    def resize(self, img: Image.Image) -> torch.Tensor:
+        img = to_rgb(img).resize((self.size, self.size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> float input of the model, on the batch's device."""
+        x = batch.float().div_(255.0)
+        if self.mean is not None:
+            x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+        return x
+
+    def normalize_numpy(self, batch: np.ndarray) -> np.ndarray:
+        """The same as ``normalize`` in numpy (for onnxruntime: no torch thread pool involved)."""
+        x = batch.astype(np.float32) * np.float32(1 / 255.0)
+        if self.mean is not None:
+            x -= self.mean.numpy()
+            x /= self.std.numpy()
+        return x
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """A PIL image -> the float (3, S, S) tensor the model takes."""
+        return self.normalize(self.resize(img)[None])[0]

@@ -1,0 +1,195 @@
+"""``csra bench``: our pipeline against two baselines measured in the same run.
+
+* model only: preprocessed batches already in memory;
+* end to end: decode + preprocess + model through the same streaming loader as ``csra tag``;
+* demo-style baseline: one image at a time, PIL open, Resize, ToTensor, fp32 forward;
+* val-style baseline: torchvision transforms in a DataLoader, batch 16, fp32 (official val.py).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and of its finished worker processes (MB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024
+
+
+def synthetic_images(n: int, folder: Path, size=(500, 375)) -> list[str]:
+    """n JPEG photos-like images (smooth gradients plus noise), the size of a VOC image."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    paths = []
+    for i in range(n):
+        base = np.stack([(xx * (i + 1)) % 256, (yy * 2 + i * 7) % 256, (xx + yy) % 256], -1)
+        arr = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        p = folder / f"synthetic_{i:05d}.jpg"
+        Image.fromarray(arr).save(p, quality=90)
+        paths.append(str(p))
+    return paths
+
+
+def _latencies(times: list[float]) -> dict:
+    if not times:
+        return {"p50_ms": None, "p95_ms": None}
+    a = np.array(times) * 1000
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2)}
+
+
+def bench_model_only(runner, batch_size: int, repeats: int = 3) -> dict:
+    size = runner.card.input_size
+    batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    runner(batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        runner(batch)
+        _sync(runner)
+        times.append(time.perf_counter() - t)
+    return {"images_per_s": round(batch_size * len(times) / sum(times), 2), **_latencies(times)}
+
+
+def _sync(runner) -> None:
+    device = getattr(runner, "device", None)
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_pipeline(runner, paths: list[str], batch_size: int, workers: int) -> tuple[dict, dict]:
+    """Our streaming loop; returns the timing and each image's score vector (for agreement)."""
+    from ..data.loader import stream_batches
+
+    scores, times = {}, []
+    start = last = time.perf_counter()
+    for _, batch_paths, batch, errors in stream_batches(paths, runner.pre, batch_size, workers, runner.pin):
+        good = [i for i, e in enumerate(errors) if not e]
+        if good:
+            probs = runner(batch[good])
+            for r, i in enumerate(good):
+                scores[batch_paths[i]] = probs[r]
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    total = time.perf_counter() - start
+    return {"images_per_s": round(len(paths) / total, 2), "seconds": round(total, 2), **_latencies(times)}, scores
+
+
+def _official_transform(card):
+    from torchvision import transforms
+
+    steps = [transforms.Resize((card.input_size, card.input_size)), transforms.ToTensor()]
+    if card.mean is not None:
+        steps.append(transforms.Normalize(card.mean, card.std))
+    return transforms.Compose(steps)
+
+
+def bench_demo_style(model, paths: list[str]) -> dict:
+    """One image at a time, as the official demo.py does."""
+    from PIL import Image
+
+    tf = _official_transform(model.card)
+    model = model.float().eval().to(memory_format=torch.contiguous_format)
+    times = []
+    start = time.perf_counter()
+    with torch.no_grad():
+        for p in paths:
+            t = time.perf_counter()
+            x = tf(Image.open(p).convert("RGB")).unsqueeze(0)
+            model(x)
+            times.append(time.perf_counter() - t)
+    total = time.perf_counter() - start
+    return {"images_per_s": round(len(paths) / total, 2), "seconds": round(total, 2), **_latencies(times)}
+
+
+class _OfficialDataset(torch.utils.data.Dataset):
+    def __init__(self, paths, tf):
+        self.paths, self.tf = paths, tf
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.tf(Image.open(self.paths[i]).convert("RGB")), self.paths[i]
+
+
+def bench_val_style(model, paths: list[str], workers: int) -> tuple[dict, dict]:
+    """torchvision transforms in a DataLoader, batch 16, fp32, as the official val.py."""
+    loader = torch.utils.data.DataLoader(_OfficialDataset(paths, _official_transform(model.card)), batch_size=16,
+                                         num_workers=workers, shuffle=False)
+    model = model.float().eval().to(memory_format=torch.contiguous_format)
+    scores, times = {}, []
+    start = last = time.perf_counter()
+    with torch.no_grad():
+        for x, batch_paths in loader:
+            probs = torch.sigmoid(model(x)).numpy()
+            scores.update(zip(batch_paths, probs))
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+    total = time.perf_counter() - start
+    return {"images_per_s": round(len(paths) / total, 2), "seconds": round(total, 2), **_latencies(times)}, scores
+
+
+def tag_agreement(ours: dict, reference: dict, thresholds: np.ndarray) -> float:
+    """Share of images whose tag set is the same under both preprocessings (%)."""
+    common = [p for p in ours if p in reference]
+    if not common:
+        return float("nan")
+    same = sum(bool(np.array_equal(ours[p] >= thresholds, reference[p] >= thresholds)) for p in common)
+    return round(100.0 * same / len(common), 2)
+
+
+def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: int, workers: int, device: str,
+              precision: str, backend: str, baselines: bool = True, log=None) -> dict:
+    from ..models.loading import load_model
+    from .runners import make_runner
+
+    tmp = None
+    if not images:
+        tmp = tempfile.TemporaryDirectory(prefix="csra-bench-")
+        images = synthetic_images(synthetic, Path(tmp.name))
+    runner = make_runner(model_name, backend, device, precision)
+    card = runner.card
+    say = log or (lambda m: None)
+    result = {"model": card.name, "arch": card.arch, "input_size": card.input_size,
+              "backend": "onnxruntime" if type(runner).__name__ == "OnnxRunner" else "torch",
+              "device": str(getattr(runner, "device", "cpu")), "precision": precision, "batch_size": batch_size,
+              "workers": workers, "images": len(images), "torch_threads": torch.get_num_threads(),
+              "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__}
+    say("model only …")
+    result["model_only"] = bench_model_only(runner, batch_size)
+    say("end to end (ours) …")
+    bench_pipeline(runner, images[: min(len(images), batch_size * 2)], batch_size, workers)  # warm-up
+    result["end_to_end"], ours = bench_pipeline(runner, images, batch_size, workers)
+    if baselines and not (model_name or "").endswith(".onnx"):  # PyTorch loops of the same model
+        torch_model = load_model(model_name)
+        torch.set_num_threads(os.cpu_count() or 1)  # the baselines run in PyTorch
+        say("baseline: demo-style loop …")
+        result["demo_style"] = bench_demo_style(torch_model, images)
+        say("baseline: val-style loop …")
+        result["val_style"], ref = bench_val_style(torch_model, images, workers)
+        e2e = result["end_to_end"]["images_per_s"]
+        result["ratios"] = {"end_to_end_vs_demo": round(e2e / result["demo_style"]["images_per_s"], 2),
+                            "end_to_end_vs_val": round(e2e / result["val_style"]["images_per_s"], 2)}
+        result["tags_same_as_exact_resize_pct"] = tag_agreement(ours, ref, np.array(card.class_thresholds()))
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if torch.cuda.is_available():
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if tmp:
+        tmp.cleanup()
+    return result

@@ -1,0 +1,119 @@
+"""The tag loop: stream images through the model and hand each record to the sinks."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..data.loader import stream_batches
+from ..errors import CSRAError
+from ..results.sinks import make_record
+
+
+@dataclass
+class TagStats:
+    tagged: int = 0
+    failed: int = 0
+    skipped: int = 0
+    started: float = field(default_factory=time.time)
+    failures: list = field(default_factory=list)
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    @property
+    def rate(self) -> float:
+        return (self.tagged + self.failed) / max(self.elapsed, 1e-9)
+
+
+def choose_tags(probs: np.ndarray, classes: list[str], thresholds: np.ndarray, top_k: int | None,
+                allowed: np.ndarray | None) -> list[int]:
+    """Class indices above their thresholds, best first, at most top_k, within the allowed ones."""
+    ok = probs >= thresholds
+    if allowed is not None:
+        ok &= allowed
+    idx = np.nonzero(ok)[0]
+    idx = idx[np.argsort(-probs[idx], kind="mergesort")]
+    return idx[:top_k].tolist() if top_k else idx.tolist()
+
+
+def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarray, *, batch_size: int = 16,
+                workers: int = 2, top_k: int | None = None, allowed: np.ndarray | None = None,
+                all_scores: bool = False, on_record: Callable[[dict], None] | None = None,
+                progress: Callable[[int], None] | None = None, skip: set[str] | None = None) -> TagStats:
+    classes = runner.card.classes
+    stats = TagStats()
+    skip = skip or set()
+
+    def todo():
+        for p in paths:
+            if p in skip:
+                stats.skipped += 1
+            else:
+                yield p
+
+    for _, batch_paths, batch, errors in stream_batches(todo(), runner.pre, batch_size, workers, runner.pin):
+        good = [i for i, e in enumerate(errors) if not e]
+        probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
+        row = {i: r for r, i in enumerate(good)}
+        for i, path in enumerate(batch_paths):
+            if errors[i]:
+                rec = make_record(path, [], {}, errors[i])
+                stats.failed += 1
+                stats.failures.append((path, errors[i]))
+            else:
+                p = probs[row[i]]
+                chosen = choose_tags(p, classes, thresholds, top_k, allowed)
+                rec = make_record(path, [classes[c] for c in chosen],
+                                  {classes[c]: round(float(p[c]), 6) for c in chosen}, "",
+                                  {c: round(float(s), 6) for c, s in zip(classes, p)} if all_scores else None)
+                stats.tagged += 1
+            for sink in sinks:
+                sink.write(rec)
+            if on_record:
+                on_record(rec)
+        for sink in sinks:
+            sink.flush()
+        if progress:
+            progress(len(batch_paths))
+    return stats
+
+
+def read_thresholds_file(path: str, classes: list[str]) -> dict[str, float]:
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise CSRAError(f"--thresholds {path}: no such file")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+            data = json.loads(text)
+            data = data.get("thresholds", data)
+            table = {str(k): float(v) for k, v in data.items()}
+        else:
+            rows = list(csv.reader(text.splitlines()))
+            if rows and rows[0] and rows[0][0].strip().lower() in ("class", "name", "tag"):
+                rows = rows[1:]
+            table = {r[0].strip(): float(r[1]) for r in rows if len(r) >= 2}
+    except (ValueError, json.JSONDecodeError, AttributeError) as exc:
+        raise CSRAError(f"--thresholds {path}: expected JSON {{class: threshold}} or CSV class,threshold ({exc})")
+    unknown = sorted(set(table) - set(classes))
+    if unknown:
+        raise CSRAError(f"--thresholds {path}: unknown classes {', '.join(unknown)} (model classes: {', '.join(classes)})")
+    return table
+
+
+def class_subset(spec: str | None, classes: list[str]):
+    if not spec:
+        return None
+    wanted = [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        raise CSRAError(f"--classes: unknown {', '.join(unknown)}; the model's classes are {', '.join(classes)}")
+    return np.array([c in wanted for c in classes])

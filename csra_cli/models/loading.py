@@ -1,0 +1,115 @@
+"""``load_model``: one call for the default model, a registry name, our files and official .pth."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import registry
+from .card import ModelCard
+from .checkpoint import infer_settings, load_weights, read_csra, read_state_dict
+from ..data.classes import resolve_classes
+from ..errors import CheckpointError, ModelNotFound
+from .csra import CSRAModel, create_model
+
+OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Preprocessing of the official models: ResNet takes RGB in [0, 1] at 448, ViT mean = std = 0.5.
+OFFICIAL_RESNET = {"input_size": 448, "mean": None, "std": None}
+OFFICIAL_VIT = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+def official_card(state: dict, path: Path, arch: str | None = None, num_heads: int | None = None,
+                  lam: float | None = None, classes=None, name: str | None = None, **extra) -> ModelCard:
+    """The card of an official checkpoint: what its keys say, completed by the caller's settings."""
+    info = infer_settings(state)
+    if num_heads is not None and num_heads != info["num_heads"]:
+        raise CheckpointError(f"{path}: the checkpoint has {info['num_heads']} CSRA heads, not {num_heads} (drop --heads or fix it)")
+    arch = arch or info.get("arch")
+    if arch is None:
+        raise CheckpointError(f"{path}: cannot tell the architecture from the keys; pass --arch")
+    if info.get("arch") and arch != info["arch"] and not (arch == "vit" and info["arch"].startswith("vit")):
+        raise CheckpointError(f"{path}: the keys are those of {info['arch']}, not {arch} (fix --arch)")
+    arch_kwargs = dict(info.get("arch_kwargs", {}))
+    arch_kwargs.update(extra.pop("arch_kwargs", None) or {})
+    is_vit = arch.startswith("vit")
+    pre = dict(OFFICIAL_VIT, input_size=arch_kwargs.get("img_size", 224)) if is_vit else dict(OFFICIAL_RESNET)
+    pre.update({k: v for k, v in extra.items() if k in ("input_size", "mean", "std") and v is not None})
+    try:
+        names = resolve_classes(classes, info["num_classes"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return ModelCard(
+        name=name or path.stem, arch=arch, num_heads=info["num_heads"],
+        lam=0.1 if lam is None else float(lam), classes=names, arch_kwargs=arch_kwargs,
+        training={"source": f"official CSRA checkpoint {path.name}"}, **pre,
+    )
+
+
+def model_from_card(card: ModelCard, state: dict, source: str) -> CSRAModel:
+    try:
+        model = create_model(card.arch, card.num_classes, card.num_heads, card.lam, card=card, **card.arch_kwargs)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+    load_weights(model, state, source)
+    return model.eval()
+
+
+def load_official(path: str | Path, **settings) -> CSRAModel:
+    path = Path(path)
+    state = read_state_dict(path)
+    card = official_card(state, path, **settings)
+    return model_from_card(card, state, str(path))
+
+
+def load_csra(path: str | Path, **overrides) -> CSRAModel:
+    card, state = read_csra(path)
+    for key in ("lam", "threshold", "input_size"):
+        if overrides.get(key) is not None:
+            setattr(card, key, overrides[key])
+    return model_from_card(card, state, str(path))
+
+
+def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
+    """A name, a path or None (the default model) -> the file to load and its registry entry."""
+    name_or_path = name_or_path or registry.default_name()
+    path = Path(name_or_path).expanduser()
+    if path.suffix in OFFICIAL_SUFFIXES + (".safetensors", ".json") or path.exists():
+        if not path.exists():
+            raise ModelNotFound(f"{path}: no such model file")
+        if path.is_dir():
+            raise ModelNotFound(f"{path}: is a directory, expected a model file")
+        return path, None
+    local = registry.imported(name_or_path)
+    if local is not None:
+        return local, None
+    entry = registry.entry(name_or_path)
+    found = registry.installed_path(entry)
+    if found is None:
+        raise ModelNotFound(f"model '{entry['name']}' is not installed; run: csra models download {entry['name']}")
+    return found, entry
+
+
+def load_model(name_or_path: str | None = None, device: str | torch.device | None = None,
+               arch: str | None = None, num_heads: int | None = None, lam: float | None = None,
+               classes=None, **overrides) -> CSRAModel:
+    """A CSRA model in eval mode with ``.card``, ``.preprocess`` and ``.predict``.
+
+    ``name_or_path``: None (the shipped default), a registry name, our ``.safetensors``/``.json``,
+    or an official ``.pth`` (then ``arch``, ``num_heads``, ``lam``, ``classes`` complete what the
+    keys cannot tell)."""
+    path, entry = resolve(name_or_path)
+    if path.suffix in (".safetensors", ".json"):
+        model = load_csra(path, lam=lam, **overrides)
+    else:
+        if entry is not None:  # a downloaded official release: the registry knows its settings
+            arch = arch or entry.get("arch")
+            lam = entry.get("lam") if lam is None else lam
+            classes = classes or entry.get("classes")
+            overrides.setdefault("name", entry["name"])
+            for key in ("input_size", "mean", "std"):
+                if key in entry:
+                    overrides.setdefault(key, entry[key])
+        model = load_official(path, arch=arch, num_heads=num_heads, lam=lam, classes=classes, **overrides)
+    if device is not None:
+        model.to(device)
+    return model

@@ -1,0 +1,67 @@
+"""Known models: ``weights/registry.json`` (shipped) and the local cache (``$CSRA_HOME``)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import ModelNotFound
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = _PACKAGE / "weights"  # where the wheel puts weights/
+
+
+def weights_dir() -> Path:
+    """The shipped ``weights/`` folder: inside the package when installed, at the repo top in a checkout."""
+    if WEIGHTS_DIR.is_dir():
+        return WEIGHTS_DIR
+    return _PACKAGE.parent / "weights"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CSRA_HOME") or Path.home() / ".cache" / "csra")
+
+
+def registry_file() -> Path:
+    """The shipped registry, or ``$CSRA_REGISTRY`` (a registry file of one's own)."""
+    return Path(os.environ.get("CSRA_REGISTRY") or weights_dir() / "registry.json")
+
+
+def load_registry() -> dict:
+    return json.loads(registry_file().read_text())
+
+
+def entries() -> list[dict]:
+    return load_registry()["models"]
+
+
+def default_name() -> str:
+    return load_registry()["default"]
+
+
+def imported(name: str) -> Path | None:
+    """A model converted with ``csra models import`` (or copied) into the cache under this name."""
+    p = cache_dir() / f"{name}.safetensors"
+    return p if p.is_file() and p.with_suffix(".json").is_file() else None
+
+
+def imported_models() -> list[Path]:
+    folder = cache_dir()
+    return sorted(p for p in folder.glob("*.safetensors") if p.with_suffix(".json").is_file()) if folder.is_dir() else []
+
+
+def entry(name: str) -> dict:
+    for e in entries():
+        if e["name"] == name:
+            return e
+    known = ", ".join(e["name"] for e in entries())
+    raise ModelNotFound(f"unknown model '{name}'; known models: {known} (see 'csra models')")
+
+
+def installed_path(e: dict) -> Path | None:
+    """Where a registry entry's file is, if it is here: shipped in weights/ or downloaded."""
+    for folder in (weights_dir(), cache_dir()):
+        p = folder / e["file"]
+        if p.is_file():
+            return p
+    return None
