@@ -114,3 +114,38 @@ def test_more_trainable_stages_than_the_backbone_has_means_the_whole_network(tmp
                                                  "--out", tmp_path / "run", "--name", "all"]], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert not (isolated_home / "features").exists()  # trained on images, nothing cached
+
+
+def test_asymmetric_loss():
+    from csra_cli.train.losses import asl_loss, bce_loss
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 5), (torch.rand(6, 5) > 0.5).float()
+    weight = torch.ones(6, 5)
+    weight[0, 0] = 0  # an ignored label
+    # without focusing and margin, ASL is binary cross-entropy over the labelled pairs
+    plain = asl_loss(logits, targets, weight, gamma_neg=0, gamma_pos=0, clip=0)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    assert torch.allclose(plain, (expected * weight).sum() / weight.sum(), atol=1e-6)
+    assert not torch.allclose(bce_loss(logits, targets, weight), plain)  # BCE's mean counts the ignored pair
+    one = torch.ones(1, 1)
+    neg = torch.zeros(1, 1)
+    # a negative scored under the margin costs nothing; a confident wrong negative costs almost as BCE
+    assert asl_loss(torch.tensor([[-4.0]]), neg, one) == 0
+    hard = asl_loss(torch.tensor([[4.0]]), neg, one)
+    assert hard > 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([[4.0]]), neg)
+    # easy negatives are down-weighted far more than hard ones
+    easy = asl_loss(torch.tensor([[-1.0]]), neg, one)
+    assert easy / hard < 0.01
+
+
+def test_train_with_asl(tmp_path):
+    lab = _dataset(tmp_path / "data", n=12)
+    args = ["train", "--dataset", "csv", "--labels", lab, "--arch", "efficientnet_lite0", "--input-size", "64",
+            "--epochs", "1", "--batch-size", "6", "--freeze-backbone", "--workers", "0", "--loss", "asl",
+            "--out", tmp_path / "run", "--name", "asl-toy"]
+    res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert load_model(str(tmp_path / "run" / "asl-toy.safetensors")).card.training["config"]["loss"] == "asl"
+    bad = runner.invoke(app, [str(a) for a in args[:-4] + ["--loss", "focal"]])
+    assert bad.exit_code == 2 and "--loss" in bad.output

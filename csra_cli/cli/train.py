@@ -48,6 +48,7 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     license: Annotated[str, typer.Option("--license", help="Licence of the resulting weights, for the card.")] = "",
     attribution: Annotated[str, typer.Option("--attribution", help="Credits for the card (data, weights); default: the backbone weights and data.")] = "",
+    loss: Annotated[str, typer.Option(help="bce (binary cross-entropy, the paper's) or asl (asymmetric loss: easy negatives weigh less).")] = "bce",
     ema: Annotated[float, typer.Option(help="Keep an exponential moving average of the weights with this decay (e.g. 0.998) and ship it; cached-feature training only.")] = 0.0,
     fp32: Annotated[bool, typer.Option("--fp32", help="Store the weights in fp32 (default fp16).")] = False,
     out: Annotated[Path, typer.Option(help="Folder for checkpoints and the model.")] = Path("runs/csra"),
@@ -71,6 +72,8 @@ def train(
         stages = 0
     if heads not in (1, 2, 4, 6, 8):
         raise CSRAError("--heads must be 1, 2, 4, 6 or 8")
+    if loss not in ("bce", "asl"):
+        raise CSRAError("--loss: use bce or asl")
     if optimizer not in ("sgd", "adamw"):
         raise CSRAError("--optimizer: use sgd or adamw")
     parse = lambda s: [float(v) for v in s.split(",")] if s else None  # noqa: E731
@@ -91,7 +94,7 @@ def train(
                       batch_size=batch_size, optimizer=optimizer, lr=lr, head_lr_mult=head_lr_mult,
                       momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                       lr_step=lr_step, lr_gamma=lr_gamma, crop_scale=(crop_scale_min, 1.0),
-                      trainable_stages=stages, workers=workers, seed=seed, half=not fp32, ema=ema,
+                      trainable_stages=stages, workers=workers, seed=seed, loss=loss, half=not fp32, ema=ema,
                       license=license, attribution=attribution)
     set_threads()
     info(f"training {arch} ({heads} heads, lambda {lam}) at {input_size}px on {len(train_set)} images"

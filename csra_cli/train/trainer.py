@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.card import ModelCard
+from .losses import make_loss
 from ..fileio import atomic_write_bytes
 from ..models.checkpoint import save_csra, state_digest
 from ..console import status, status_done
@@ -54,6 +55,7 @@ class TrainConfig:
     trainable_stages: int | None = 0  # None: the whole network
     workers: int = 2
     seed: int = 0
+    loss: str = "bce"  # bce (the paper's) or asl (asymmetric loss)
     half: bool = True  # store the final weights in fp16
     ema: float = 0.0  # >0: keep an exponential moving average of the weights, validate and ship it
     license: str = ""
@@ -297,6 +299,7 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
     labels = torch.from_numpy(train_set.labels.astype(np.float32))
     weight = torch.from_numpy((train_set.labels >= 0).astype(np.float32))
     opt = make_optimizer(tail, cfg)
+    loss_fn = make_loss(cfg.loss)
     base_lrs = [g["lr"] for g in opt.param_groups]
     ckpt_path, start_epoch, history = out / "checkpoint.pt", 0, []
     if resume and ckpt_path.exists():
@@ -323,7 +326,7 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         for step, (x, rows) in enumerate(batches(epoch)):
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * lr_factor(epoch + step / steps, cfg)
-            loss = F.binary_cross_entropy_with_logits(tail(x), labels[rows], weight=weight[rows])
+            loss = loss_fn(tail(x), labels[rows], weight[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
