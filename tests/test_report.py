@@ -142,3 +142,59 @@ def test_tag_page_in_a_browser(tmp_path, records):
     assert [visible for _, visible in dogs] == ["dog" in r["tags"] for r in ok]
     both = cards(dump_dom(page, "#tag=dog,person"))
     assert sum(v for _, v in both) == 1 and all("person" in t for t, v in both if v)
+
+
+def eval_page(tmp_path: Path) -> tuple[Path, list[str]]:
+    """csra eval --report from a scores file: 12 images, three classes (one with no positive)."""
+    rows, scores = [], []
+    for i in range(12):
+        make_image(tmp_path / f"e{i}.jpg", size=(80, 60), color=(20 * i, 120, 60))
+        tags = ";".join(t for t, on in (("cat", i % 2 == 0), ("dog", i % 3 == 0)) if on)
+        rows.append((f"e{i}.jpg", tags))
+        scores.append((f"e{i}.jpg", (i % 2 == 0) * 0.5 + i / 30, 0.9 - i / 15, 0.2))
+    pd.DataFrame(rows, columns=["path", "tags"]).to_csv(tmp_path / "labels.csv", index=False)
+    pd.DataFrame(scores, columns=["path", "cat", "dog", "bird"]).to_csv(tmp_path / "scores.csv", index=False)
+    (tmp_path / "labels.csv").write_text((tmp_path / "labels.csv").read_text().replace("e11.jpg,", "e11.jpg,bird"))
+    page = tmp_path / "eval.html"
+    result = csra("eval", "--dataset", "csv", "--labels", tmp_path / "labels.csv", "--scores", tmp_path / "scores.csv",
+                  "--report", page, "-q")
+    assert result.exit_code == 0, result.output
+    return page, ["cat", "dog", "bird"]
+
+
+def test_eval_report_shows_curves_thresholds_and_mistakes(tmp_path):
+    page, classes = eval_page(tmp_path)
+    html = page.read_text(encoding="utf-8")
+    assert html.count('class="cls"') == 3 and html.count('class="curve"') == 3
+    assert html.count('class="mark"') == 3  # the threshold on each curve
+    # dog: positives e0,e3,e6,e9 scored .9,.7,.5,.3 -> at 0.5 e9 is missed; top negatives e1 (.833), e2 (.767)
+    dog = html[html.index('data-class="dog"'):].split("</section>")[0]
+    missed = dog.split("missed positives")[1]
+    assert "e9.jpg" in missed and "e6.jpg" not in missed
+    fps = dog.split("top false positives")[1].split("missed positives")[0]
+    assert fps.index("e1.jpg") < fps.index("e2.jpg") and "e0.jpg" not in fps
+    assert html.count("data:image/jpeg;base64,") >= 6
+    assert "https://" not in html and "http://" not in html
+
+
+def test_pr_curve_matches_average_precision():
+    import numpy as np
+
+    from csra_cli.evaluation.metrics import average_precision, pr_curve
+
+    rng = np.random.default_rng(1)
+    s, y = rng.random(200).round(2), (rng.random(200) < 0.3).astype(int)
+    y[:5] = -1
+    c = pr_curve(s, y)
+    assert np.sum(np.diff(np.r_[0.0, c["recall"]]) * c["precision"]) == pytest.approx(average_precision(s, y))
+    assert c["recall"][-1] == 1.0 and c["threshold"] == sorted(c["threshold"], reverse=True)
+
+
+@needs_browser
+def test_eval_page_in_a_browser(tmp_path):
+    page, classes = eval_page(tmp_path)
+    png = screenshot(page, tmp_path / "eval.png")
+    colours = Image.open(png).convert("RGB").getcolors(1 << 20)
+    assert colours and len(colours) > 50, "the screenshot looks blank"
+    dom = dump_dom(page)
+    assert dom.count("<polyline") == 3 and dom.count('class="mark"') == 3
