@@ -9,7 +9,7 @@ import typer
 
 from .app import (ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt, DeviceOpt, HeadsOpt, LamOpt, ModelOpt,
                   PrecisionOpt, QuietOpt, WorkersOpt, app, handle_errors, resolve_workers, runner_for)
-from ..console import err, make_progress, progress_enabled, warn
+from ..console import err, start_progress, warn
 from ..errors import CSRAError
 from .report import ReportOpt, check_report_path
 
@@ -70,14 +70,10 @@ def eval_cmd(
         set_threads()
         runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
         card, model_classes, model_name = runner.card, runner.card.classes, runner.card.name
-        show = progress_enabled(quiet)
-        progress = task = None
-        if show:
-            progress, task = make_progress(len(data), "scoring")
-            progress.start()
+        progress = start_progress(len(data), "scoring", quiet)
         try:
             all_scores, failures = score_images(runner, data.paths, batch_size, workers,
-                                                (lambda n: progress.advance(task, n)) if progress else None)
+                                                progress.advance if progress else None)
         finally:
             if progress:
                 progress.stop()

@@ -50,7 +50,7 @@ def tag(
     records), 2 bad usage or input, 130 interrupted (run again with --resume)."""
     import numpy as np
 
-    from ..console import make_progress, progress_enabled
+    from ..console import start_progress
     from ..data.inputs import expand_inputs
     from ..engine.device import set_threads
     from ..engine.tagging import class_subset, read_thresholds_file, run_tagging
@@ -83,9 +83,8 @@ def tag(
     sink = (StreamSink(fmt, names if scores else None) if out == "-"
             else FileSink(Path(out), fmt, names if scores else None, resume, overwrite))
     warnings: list[str] = []
-    show = progress_enabled(quiet)
     total = None
-    if show and "-" not in inputs:
+    if not quiet and "-" not in inputs:
         total = sum(1 for _ in expand_inputs(inputs, recursive)) - len(sink.done)
 
     def on_record(rec):
@@ -102,14 +101,11 @@ def tag(
             warn(f"{rec['path']}: sidecar not written ({exc})")
 
     paths = expand_inputs(inputs, recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)))
-    progress = task = None
-    if show:
-        progress, task = make_progress(total, "tagging")
-        progress.start()
+    progress = start_progress(total, "tagging", quiet)
     try:
         stats = run_tagging(runner, paths, [sink], per_class, batch_size=batch_size, workers=workers,
                             top_k=top_k, allowed=allowed, all_scores=scores, on_record=on_record,
-                            progress=(lambda n: progress.advance(task, n)) if progress else None,
+                            progress=progress.advance if progress else None,
                             skip=sink.done)
     except KeyboardInterrupt:
         sink.abort()
