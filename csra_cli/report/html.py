@@ -24,7 +24,7 @@ def script_json(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def thumbnail(path: str, size: int = THUMB_PX, quality: int = 70) -> str:
+def thumbnail(path: str, size: int = THUMB_PX, quality: int = 60) -> str:
     """A small JPEG of the image as base64 ("" when it cannot be read: the card says so)."""
     try:
         with Image.open(path) as img:

@@ -108,6 +108,7 @@ document.getElementById('clear').addEventListener('click', () => { chosen.clear(
 let timer; q.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(() => apply(true), 150); });
 window.addEventListener('hashchange', readHash);
 readHash();
+document.documentElement.dataset.readyMs = Math.round(performance.now());  // for benchmarks and tests
 """
 
 
