@@ -119,6 +119,21 @@ def test_tag_writes_sqlite_and_report(tmp_path, image_folder, tiny_model_path):
     assert csra("tag", image_folder, "-o", db, "--overwrite", *m).exit_code == 1
 
 
+def test_tag_report_from_stdout_run(tmp_path, image_folder, tiny_model_path):
+    page = tmp_path / "p.html"
+    result = csra("tag", image_folder, "-m", tiny_model_path, "--report", page, "-q")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 4
+    shown, thumbs = page_records(page)
+    assert sorted(s[0] for s in shown) == sorted(json.loads(ln)["path"] for ln in result.stdout.splitlines())
+    assert csra("tag", image_folder, "-m", tiny_model_path, "--report", tmp_path / "p.txt").exit_code == 2
+
+
+def test_links_to_images_are_relative_and_escaped(tmp_path):
+    from csra_cli.report.html import link_to
+
+    assert link_to(str(tmp_path / "a b" / "x#1.jpg"), tmp_path / "r.html") == "a%20b/x%231.jpg"
+
+
 def test_sqlite_needs_a_file(image_folder, tiny_model_path):
     result = csra("tag", image_folder, "--format", "sqlite", "-m", tiny_model_path)
     assert result.exit_code == 2 and "--out FILE.sqlite" in result.stderr

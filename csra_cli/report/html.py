@@ -9,6 +9,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
@@ -50,7 +51,7 @@ def thumbnails(paths: Iterable[str], size: int = THUMB_PX, workers: int | None =
 def link_to(path: str, page: Path) -> str:
     """A link from the page to the image (relative, so a moved folder keeps working)."""
     try:
-        return Path(os.path.relpath(Path(path).resolve(), page.resolve().parent)).as_posix()
+        return quote(Path(os.path.relpath(Path(path).resolve(), page.resolve().parent)).as_posix())
     except ValueError:  # another drive on Windows
         return Path(path).resolve().as_uri()
 
