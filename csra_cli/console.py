@@ -1,7 +1,9 @@
-"""stderr output: one-line errors, progress bars only on a terminal, summary tables."""
+"""stderr output: one-line errors, progress (a bar on a terminal, plain lines in logs), summary tables."""
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 from rich.console import Console
 
@@ -52,3 +54,62 @@ def status_done() -> None:
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")
         sys.stderr.flush()
+
+
+class LogProgress:
+    """Progress for logs (CI, cron, cluster jobs): a plain line every few seconds, no bar, no
+    carriage returns. tqdm was not used for this: off a terminal it still redraws with \\r."""
+
+    def __init__(self, total: int | None, description: str, every: float | None = None, stream=None):
+        self.total, self.description, self.done = total, description, 0
+        self.every = every if every is not None else float(os.environ.get("CSRA_PROGRESS_SECONDS", "5"))
+        self.stream = stream or sys.stderr
+        self.started = self.last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        if not self.total:
+            return f"{self.description}: {self.done} images, {rate:.1f} img/s, {clock(elapsed)} elapsed"
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        eta = clock(left) if left == left else "?"
+        return (f"{self.description}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%), "
+                f"{rate:.1f} img/s, ETA {eta}")
+
+    def stop(self) -> None:
+        pass
+
+
+class BarProgress:
+    """The rich bar, with the same two calls as LogProgress."""
+
+    def __init__(self, total: int | None, description: str):
+        self.progress, self.task = make_progress(total, description)
+        self.progress.start()
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def start_progress(total: int | None, description: str, quiet: bool):
+    """A bar on a terminal, plain lines every few seconds otherwise, nothing with --quiet."""
+    if quiet:
+        return None
+    return BarProgress(total, description) if sys.stderr.isatty() else LogProgress(total, description)
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"

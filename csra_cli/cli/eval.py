@@ -9,8 +9,9 @@ import typer
 
 from .app import (ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt, DeviceOpt, HeadsOpt, LamOpt, ModelOpt,
                   PrecisionOpt, QuietOpt, WorkersOpt, app, handle_errors, resolve_workers, runner_for)
-from ..console import err, make_progress, progress_enabled, warn
+from ..console import err, start_progress, warn
 from ..errors import CSRAError
+from .report import ReportOpt, check_report_path
 
 
 @app.command("eval")
@@ -35,6 +36,7 @@ def eval_cmd(
     threshold: Annotated[float, typer.Option("--threshold", "-t")] = 0.5,
     ap: Annotated[str, typer.Option("--ap", help="exact (non-interpolated, as the paper) or voc07-11pt.")] = "exact",
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the full report as JSON (- for stdout).")] = None,
+    html_report: ReportOpt = None,
     batch_size: BatchSizeOpt = 16,
     workers: WorkersOpt = -1,
     device: DeviceOpt = "auto",
@@ -52,6 +54,7 @@ def eval_cmd(
 
     if ap not in ("exact", "voc07-11pt"):
         raise CSRAError("--ap: use exact or voc07-11pt")
+    page = check_report_path(html_report, json_out, save_scores, calibrate)
     data = open_dataset(dataset, root, split, annotations, images, labels, tag_sep)
     if len(data) == 0:
         raise CSRAError(f"{data.name}: no labelled images")
@@ -67,14 +70,10 @@ def eval_cmd(
         set_threads()
         runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
         card, model_classes, model_name = runner.card, runner.card.classes, runner.card.name
-        show = progress_enabled(quiet)
-        progress = task = None
-        if show:
-            progress, task = make_progress(len(data), "scoring")
-            progress.start()
+        progress = start_progress(len(data), "scoring", quiet)
         try:
             all_scores, failures = score_images(runner, data.paths, batch_size, workers,
-                                                (lambda n: progress.advance(task, n)) if progress else None)
+                                                progress.advance if progress else None)
         finally:
             if progress:
                 progress.stop()
@@ -108,6 +107,10 @@ def eval_cmd(
         t = best_f1_thresholds(sc[readable], lab[readable])
         atomic_write_bytes(Path(calibrate), json.dumps({c: round(float(v), 4) for c, v in zip(classes, t)},
                                                         indent=2).encode())
+    if page:
+        write_eval_report(report, classes, sc[readable], lab[readable],
+                          [p for p, ok in zip(data.paths, readable) if ok], threshold,
+                          per if "model_thresholds" in report else None, page, quiet)
     if not quiet:
         print_report(report)
     if json_out:
@@ -122,6 +125,20 @@ def eval_cmd(
     if failures:
         warn(f"{len(failures)} images could not be read and are not in the metrics (listed under 'failed')")
         raise typer.Exit(1)
+
+
+def write_eval_report(report, classes, scores, labels, paths, threshold, model_thresholds, page, quiet) -> None:
+    from ..console import info
+    from ..evaluation.metrics import pr_curve
+    from ..report.eval_report import build_eval_report
+
+    curves = [pr_curve(scores[:, j], labels[:, j]) for j in range(len(classes))]
+    marks = {"threshold": [threshold] * len(classes)}
+    if model_thresholds:
+        marks["model's threshold"] = model_thresholds
+    stats = build_eval_report(finite(report), classes, curves, scores, labels, paths, marks, page)
+    if not quiet:
+        info(f"report: {page} ({stats['bytes'] / 1e6:.1f} MB, {stats['seconds']:.1f} s)")
 
 
 def finite(obj):

@@ -12,14 +12,15 @@ from ..errors import CSRAError
 from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt,
                   DeviceOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, WorkersOpt, app, handle_errors,
                   resolve_workers, runner_for)
+from .report import ReportOpt, check_report_path, write_tag_report
 
 
 @app.command()
 @handle_errors
 def tag(
     inputs: Annotated[List[str], typer.Argument(help="Image files, folders, glob patterns, or - for paths on stdin.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output file (.csv/.json/.jsonl) or - for stdout.")] = "-",
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv, json or jsonl (default: from --out; jsonl on stdout).")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output file (.csv/.json/.jsonl/.sqlite) or - for stdout.")] = "-",
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv, json, jsonl or sqlite (default: from --out; jsonl on stdout).")] = None,
     model: ModelOpt = None,
     arch: ArchOpt = None,
     heads: HeadsOpt = None,
@@ -40,6 +41,7 @@ def tag(
     backend: BackendOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    report: ReportOpt = None,
     quiet: QuietOpt = False,
 ):
     """Tag images and write one record per image (path, tags, scores, error).
@@ -48,12 +50,12 @@ def tag(
     records), 2 bad usage or input, 130 interrupted (run again with --resume)."""
     import numpy as np
 
-    from ..console import make_progress, progress_enabled
+    from ..console import start_progress
     from ..data.inputs import expand_inputs
     from ..engine.device import set_threads
     from ..engine.tagging import class_subset, read_thresholds_file, run_tagging
     from ..results.sidecars import write_txt, write_xmp
-    from ..results.sinks import FileSink, StreamSink, format_for
+    from ..results.sinks import FileSink, StreamSink, format_for, read_output
 
     for s in sidecar:
         if s not in ("txt", "xmp"):
@@ -67,6 +69,8 @@ def tag(
     if inputs.count("-") > 1:
         raise CSRAError("'-' (stdin) may be given once")
     fmt = format_for(out, fmt)
+    page = check_report_path(report, out)
+    streamed: list[dict] = []  # the records for --report when they go to stdout
     workers = resolve_workers(workers)
     set_threads()
     runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
@@ -79,12 +83,13 @@ def tag(
     sink = (StreamSink(fmt, names if scores else None) if out == "-"
             else FileSink(Path(out), fmt, names if scores else None, resume, overwrite))
     warnings: list[str] = []
-    show = progress_enabled(quiet)
     total = None
-    if show and "-" not in inputs:
+    if not quiet and "-" not in inputs:
         total = sum(1 for _ in expand_inputs(inputs, recursive)) - len(sink.done)
 
     def on_record(rec):
+        if page and out == "-":
+            streamed.append(rec)
         if rec["error"]:
             return
         try:
@@ -96,14 +101,11 @@ def tag(
             warn(f"{rec['path']}: sidecar not written ({exc})")
 
     paths = expand_inputs(inputs, recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)))
-    progress = task = None
-    if show:
-        progress, task = make_progress(total, "tagging")
-        progress.start()
+    progress = start_progress(total, "tagging", quiet)
     try:
         stats = run_tagging(runner, paths, [sink], per_class, batch_size=batch_size, workers=workers,
                             top_k=top_k, allowed=allowed, all_scores=scores, on_record=on_record,
-                            progress=(lambda n: progress.advance(task, n)) if progress else None,
+                            progress=progress.advance if progress else None,
                             skip=sink.done)
     except KeyboardInterrupt:
         sink.abort()
@@ -115,6 +117,8 @@ def tag(
     if progress:
         progress.stop()
     sink.close()
+    if page:
+        write_tag_report(streamed if out == "-" else read_output(Path(out), fmt), page, "" if out == "-" else out, quiet)
     if stats.tagged + stats.failed + stats.skipped == 0:
         warn("no images found in the inputs")
     if not quiet:

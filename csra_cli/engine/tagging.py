@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 import numpy as np
@@ -61,9 +62,10 @@ def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarra
         good = [i for i, e in enumerate(errors) if not e]
         probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
         row = {i: r for r, i in enumerate(good)}
+        stamp = dict(model=runner.card.name, tagged_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         for i, path in enumerate(batch_paths):
             if errors[i]:
-                rec = make_record(path, [], {}, errors[i])
+                rec = make_record(path, [], {}, errors[i], **stamp)
                 stats.failed += 1
                 stats.failures.append((path, errors[i]))
             else:
@@ -71,7 +73,8 @@ def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarra
                 chosen = choose_tags(p, classes, thresholds, top_k, allowed)
                 rec = make_record(path, [classes[c] for c in chosen],
                                   {classes[c]: round(float(p[c]), 6) for c in chosen}, "",
-                                  {c: round(float(s), 6) for c, s in zip(classes, p)} if all_scores else None)
+                                  {c: round(float(s), 6) for c, s in zip(classes, p)} if all_scores else None,
+                                  **stamp)
                 stats.tagged += 1
             for sink in sinks:
                 sink.write(rec)

@@ -86,3 +86,19 @@ def best_f1_thresholds(scores: np.ndarray, labels: np.ndarray, floor: float = 0.
         nxt = s[k + 1] if k + 1 < len(s) else 0.0
         out[c] = max(floor, float((s[k] + nxt) / 2))
     return out
+
+
+def pr_curve(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """One class's precision-recall curve: one point per distinct score (the same points as
+    ``average_precision`` sums over), ignored (-1) labels dropped; empty lists without a positive."""
+    keep = labels >= 0
+    s, y = scores[keep].astype(np.float64), labels[keep] == 1
+    npos = int(y.sum())
+    if npos == 0:
+        return {"threshold": [], "precision": [], "recall": []}
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    tp, fp = np.cumsum(y), np.cumsum(~y)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    return {"threshold": s[last].tolist(), "precision": (tp[last] / (tp[last] + fp[last])).tolist(),
+            "recall": (tp[last] / npos).tolist()}

@@ -1,4 +1,4 @@
-"""Result records and where they go: CSV, JSON, JSON Lines, written so nothing is lost.
+"""Result records and where they go: CSV, JSON, JSON Lines, SQLite, written so nothing is lost.
 
 A run to a file appends each record to a journal (``.NAME.partial.jsonl`` beside the output,
 flushed per batch). When the run ends the output is rendered from the journal into a temporary
@@ -17,10 +17,13 @@ from typing import Iterable, Iterator, TextIO
 
 from ..fileio import atomic_temp
 
-FORMATS = ("csv", "json", "jsonl")
+FORMATS = ("csv", "json", "jsonl", "sqlite")
+SQLITE_EXTS = ("sqlite", "sqlite3", "db")
 
 
 def format_for(out: str, fmt: str | None) -> str:
+    if out == "-" and fmt == "sqlite":
+        raise ValueError("--format sqlite writes a database file; give --out FILE.sqlite")
     if fmt:
         if fmt not in FORMATS:
             raise ValueError(f"unknown format '{fmt}' (use {', '.join(FORMATS)})")
@@ -32,14 +35,19 @@ def format_for(out: str, fmt: str | None) -> str:
         return ext
     if ext == "ndjson":
         return "jsonl"
-    raise ValueError(f"cannot tell the format of '{out}' from its extension; use .csv/.json/.jsonl or --format")
+    if ext in SQLITE_EXTS:
+        return "sqlite"
+    raise ValueError(f"cannot tell the format of '{out}' from its extension; use .csv/.json/.jsonl/.sqlite or --format")
 
 
 def make_record(path: str, tags: list[str], scores: dict[str, float], error: str = "",
-                all_scores: dict[str, float] | None = None) -> dict:
+                all_scores: dict[str, float] | None = None, model: str | None = None,
+                tagged_at: str | None = None) -> dict:
     rec = {"path": path, "tags": tags, "scores": scores, "error": error or None}
     if all_scores is not None:
         rec["all_scores"] = all_scores
+    if model is not None:  # kept in the journal for the SQLite output; the text formats leave them out
+        rec["model"], rec["tagged_at"] = model, tagged_at
     return rec
 
 
@@ -113,6 +121,12 @@ def read_journal(path: Path) -> Iterator[dict]:
 
 def read_output(path: Path, fmt: str) -> Iterator[dict]:
     """Records of a finished output (for --resume after a completed run)."""
+    if fmt == "sqlite":
+        from .sqlite_db import read_db
+
+        for p, tags, scores, error, all_scores, model, tagged_at in read_db(path):
+            yield make_record(p, tags, scores, error, all_scores, model, tagged_at)
+        return
     if fmt == "csv":
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -176,11 +190,17 @@ class FileSink:
         self.fh.close()
         fd, tmp = atomic_temp(self.out)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                renderer = RENDERERS[self.fmt](fh, self.classes)
-                for rec in read_journal(self.journal):
-                    renderer.write(rec)
-                renderer.close()
+            if self.fmt == "sqlite":  # a database, not a text stream: SQLite writes the temporary file
+                os.close(fd)
+                from .sqlite_db import write_db
+
+                write_db(tmp, read_journal(self.journal))
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                    renderer = RENDERERS[self.fmt](fh, self.classes)
+                    for rec in read_journal(self.journal):
+                        renderer.write(rec)
+                    renderer.close()
             os.replace(tmp, self.out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,66 @@
+"""The SQLite output: a database to query rather than a text file to read.
+
+``images(id, path, error, model, tagged_at)`` holds one row per image; ``tags(image_id, tag,
+score)`` one row per tag given (best first); with --scores, ``scores(image_id, class, score)``
+holds every class's score. "Photos with a dog and a person" is then one query (see the README).
+It is written at the end of a run from the journal, like the text formats.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Iterator
+
+SCHEMA = """
+CREATE TABLE images(id INTEGER PRIMARY KEY, path TEXT NOT NULL, error TEXT, model TEXT, tagged_at TEXT);
+CREATE TABLE tags(image_id INTEGER NOT NULL REFERENCES images(id), tag TEXT NOT NULL, score REAL);
+CREATE TABLE scores(image_id INTEGER NOT NULL REFERENCES images(id), class TEXT NOT NULL, score REAL NOT NULL);
+"""
+# Made after the rows go in (faster than keeping them up to date row by row).
+INDEXES = """
+CREATE INDEX images_path ON images(path);
+CREATE INDEX tags_tag ON tags(tag, score);
+CREATE INDEX tags_image ON tags(image_id);
+CREATE INDEX scores_class ON scores(class, score);
+CREATE INDEX scores_image ON scores(image_id);
+"""
+
+
+def write_db(path: str | Path, records: Iterable[dict]) -> None:
+    """A fresh database at ``path`` (an empty file or none) with these records, in their order."""
+    con = sqlite3.connect(path)
+    try:
+        con.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + SCHEMA)
+        with con:
+            for i, rec in enumerate(records, 1):
+                con.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?)",
+                            (i, rec["path"], rec.get("error") or None, rec.get("model"), rec.get("tagged_at")))
+                con.executemany("INSERT INTO tags VALUES (?, ?, ?)",
+                                [(i, t, rec["scores"].get(t)) for t in rec["tags"]])
+                if rec.get("all_scores"):
+                    con.executemany("INSERT INTO scores VALUES (?, ?, ?)",
+                                    [(i, c, s) for c, s in rec["all_scores"].items()])
+        con.executescript(INDEXES)
+        con.commit()
+    finally:
+        con.close()
+
+
+def read_db(path: str | Path) -> Iterator[tuple[str, list[str], dict, str, dict | None, str | None, str | None]]:
+    """(path, tags, scores, error, all_scores or None, model, tagged_at) per image, in id order."""
+    con = sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True)
+    try:
+        tags: dict[int, list] = {}
+        for image_id, tag, score in con.execute("SELECT image_id, tag, score FROM tags ORDER BY image_id, rowid"):
+            tags.setdefault(image_id, []).append((tag, score))
+        every: dict[int, dict] = {}
+        for image_id, cls, score in con.execute("SELECT image_id, class, score FROM scores ORDER BY image_id, rowid"):
+            every.setdefault(image_id, {})[cls] = score
+        for image_id, p, error, model, tagged_at in con.execute(
+                "SELECT id, path, error, model, tagged_at FROM images ORDER BY id"):
+            given = tags.get(image_id, [])
+            yield (p, [t for t, _ in given], dict(given), error or "", every.get(image_id), model, tagged_at)
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path}: not a csra SQLite output ({exc})") from None
+    finally:
+        con.close()
