@@ -42,6 +42,30 @@ def choose_tags(probs: np.ndarray, classes: list[str], thresholds: np.ndarray, t
     return idx[:top_k].tolist() if top_k else idx.tolist()
 
 
+def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[str], thresholds: np.ndarray,
+                 top_k: int | None = None, allowed: np.ndarray | None = None, all_scores: bool = False) -> dict:
+    """The record of one image from its probabilities (or the reason it could not be read);
+    every engine builds its records here, so they are the same whichever ran the model."""
+    if error:
+        return make_record(path, [], {}, error)
+    chosen = choose_tags(probs, classes, thresholds, top_k, allowed)
+    return make_record(path, [classes[c] for c in chosen], {classes[c]: round(float(probs[c]), 6) for c in chosen},
+                       "", {c: round(float(s), 6) for c, s in zip(classes, probs)} if all_scores else None)
+
+
+def deliver(rec: dict, sinks: list, stats: TagStats, on_record: Callable[[dict], None] | None = None) -> None:
+    """Count a record and hand it to the sinks and the per-record hook (sidecars)."""
+    if rec["error"]:
+        stats.failed += 1
+        stats.failures.append((rec["path"], rec["error"]))
+    else:
+        stats.tagged += 1
+    for sink in sinks:
+        sink.write(rec)
+    if on_record:
+        on_record(rec)
+
+
 def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarray, *, batch_size: int = 16,
                 workers: int = 2, top_k: int | None = None, allowed: np.ndarray | None = None,
                 all_scores: bool = False, on_record: Callable[[dict], None] | None = None,
@@ -62,21 +86,9 @@ def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarra
         probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
         row = {i: r for r, i in enumerate(good)}
         for i, path in enumerate(batch_paths):
-            if errors[i]:
-                rec = make_record(path, [], {}, errors[i])
-                stats.failed += 1
-                stats.failures.append((path, errors[i]))
-            else:
-                p = probs[row[i]]
-                chosen = choose_tags(p, classes, thresholds, top_k, allowed)
-                rec = make_record(path, [classes[c] for c in chosen],
-                                  {classes[c]: round(float(p[c]), 6) for c in chosen}, "",
-                                  {c: round(float(s), 6) for c, s in zip(classes, p)} if all_scores else None)
-                stats.tagged += 1
-            for sink in sinks:
-                sink.write(rec)
-            if on_record:
-                on_record(rec)
+            rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, thresholds,
+                               top_k, allowed, all_scores)
+            deliver(rec, sinks, stats, on_record)
         for sink in sinks:
             sink.flush()
         if progress:
