@@ -47,26 +47,29 @@ def same_records(a: list[dict], b: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A local S3 server, then one Ray instance whose workers see its address and dummy keys
-    (workers take the environment they were started with)."""
-    pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    from moto.server import ThreadedMotoServer
-
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    host, port = s3.get_host_and_port()
+    """A local S3 server (where moto[server] is installed), then one Ray instance whose workers
+    see its address and dummy keys (workers take the environment they were started with)."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        s3, endpoint = None, None
+    else:
+        s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        s3.start()
+        endpoint = "http://{}:{}".format(*s3.get_host_and_port())
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": endpoint or "http://127.0.0.1:9",
            "CSRA_HOME": str(tmp_path_factory.mktemp("ray_home")), "CSRA_BACKEND": "torch"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR)
     try:
-        yield env["AWS_ENDPOINT_URL"]
+        yield endpoint
     finally:
         ray.shutdown()
-        s3.stop()
+        if s3:
+            s3.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -89,12 +92,13 @@ def test_uri_inputs_need_the_ray_engine(tiny_model_path):
 
 
 @needs_ray
-def test_same_records_as_the_local_engine_bad_files_and_sidecars(cluster, tmp_path, image_folder, tiny_model_path):
+def test_same_records_as_the_local_engine_bad_files_sidecars_and_resume(cluster, tmp_path, image_folder,
+                                                                        tiny_model_path):
     (image_folder / "broken.jpg").write_bytes(b"not a jpeg at all")
     (image_folder / "empty.png").write_bytes(b"")
-    m = ["-m", tiny_model_path, "-q", "--scores", "-b", "2"]
-    local = csra("tag", image_folder, "-o", tmp_path / "local.jsonl", *m)
-    on_ray = csra("tag", image_folder, "-o", tmp_path / "ray.jsonl", "--engine", "ray", "--sidecar", "txt", *m)
+    m = ["-m", tiny_model_path, "--scores", "-b", "2"]
+    local = csra("tag", image_folder, "-o", tmp_path / "local.jsonl", "-q", *m)
+    on_ray = csra("tag", image_folder, "-o", tmp_path / "ray.jsonl", "--engine", "ray", "--sidecar", "txt", "-q", *m)
     assert local.exit_code == on_ray.exit_code == 1, on_ray.output  # some images failed
     a, b = read_jsonl(tmp_path / "local.jsonl"), read_jsonl(tmp_path / "ray.jsonl")
     assert len(b) == 6 and sum(r["error"] is not None for r in b) == 2
@@ -105,21 +109,15 @@ def test_same_records_as_the_local_engine_bad_files_and_sidecars(cluster, tmp_pa
     # an existing output still needs --overwrite
     again = csra("tag", image_folder, "-o", tmp_path / "ray.jsonl", "--engine", "ray", *m)
     assert again.exit_code == 2 and "--overwrite" in again.stderr
-
-
-@needs_ray
-def test_resume_sends_only_new_images(cluster, tmp_path, image_folder, tiny_model_path):
-    out = tmp_path / "tags.csv"
-    m = ["-m", tiny_model_path, "-o", out, "--engine", "ray"]
-    assert csra("tag", image_folder, *m).exit_code == 0
+    # --resume sends only the images the output does not have to the cluster
     make_image(image_folder / "late1.jpg")
     make_image(image_folder / "late2.jpg")
-    res = csra("tag", image_folder, *m, "--resume")
-    assert res.exit_code == 0, res.output
+    res = csra("tag", image_folder, "-o", tmp_path / "ray.jsonl", "--engine", "ray", "--resume", *m)
+    assert res.exit_code == 0, res.output  # as locally: the exit code speaks for this run's images
     summary = " ".join(res.stderr.split())
-    assert "tagged │ 2 " in summary and "already done (resume) │ 4 " in summary
-    rows = out.read_text().splitlines()[1:]
-    assert len(rows) == 6 and len({r.split(",")[0] for r in rows}) == 6
+    assert "tagged │ 2 " in summary and "already done (resume) │ 6 " in summary
+    recs = read_jsonl(tmp_path / "ray.jsonl")
+    assert len(recs) == 8 and len({r["path"] for r in recs}) == 8 and recs[:6] == b
 
 
 @needs_ray
@@ -141,6 +139,8 @@ def _voc_images(n: int) -> list[Path]:
 
 @needs_ray
 def test_s3_inputs_are_listed_here_and_read_on_the_workers(cluster, tmp_path, tiny_model_path):
+    if cluster is None:
+        pytest.skip("moto[server] is not installed (the local S3 server)")
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=cluster, region_name="us-east-1")
@@ -171,7 +171,7 @@ def test_a_killed_actor_loses_and_repeats_no_image(cluster, tmp_path, tiny_model
     import psutil
 
     folder = tmp_path / "many"
-    for i in range(120):
+    for i in range(60):
         make_image(folder / f"img{i:03d}.png", size=(32, 32))
     out = tmp_path / "tags.jsonl"
     journal = out.with_name(f".{out.name}.partial.jsonl")
