@@ -86,9 +86,11 @@ def test_without_ray_the_error_says_how_to_install(monkeypatch, image_folder, ti
     assert res.exit_code == 2 and "use local or ray" in res.stderr
 
 
-def test_uri_inputs_need_the_ray_engine(tiny_model_path):
+def test_uri_inputs_need_the_ray_engine_and_no_sidecars(tiny_model_path):
     res = csra("tag", "s3://bucket/photos/", "-m", tiny_model_path)
     assert res.exit_code == 2 and "--engine ray" in res.stderr
+    res = csra("tag", "s3://bucket/photos/", "-m", tiny_model_path, "--engine", "ray", "--sidecar", "txt")
+    assert res.exit_code == 2 and "sidecar" in res.stderr
 
 
 @needs_ray

@@ -73,6 +73,8 @@ def tag(
     uris = [a for a in inputs if is_uri(a)]
     if uris and engine != "ray":
         raise CSRAError(f"{uris[0]}: URI inputs are listed here and read by the cluster's workers; add --engine ray")
+    if uris and sidecar:
+        raise CSRAError(f"{uris[0]}: sidecars are written beside local images; leave out --sidecar for URI inputs")
     workers = resolve_workers(workers)
     spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names)
     set_threads()
