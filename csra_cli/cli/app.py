@@ -95,8 +95,21 @@ BackendOpt = Annotated[str, typer.Option(
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Decoding processes (-1: cores - 1, at most 4).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+# Where the images are decoded and scored: this process, or a Ray cluster (pip install 'csra[ray]').
+EngineOpt = Annotated[str, typer.Option(
+    help="local (this machine) or ray (a Ray cluster through Ray Data; pip install 'csra[ray]').")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="Ray cluster for --engine ray: host:port, ray://host:10001, auto or local "
+                          "(default: RAY_ADDRESS or a running 'ray start' cluster, else a local instance).")]
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise CSRAError(f"--engine {engine!r}: use local or ray")
+    return engine
 
 
 def check_precision(precision: str) -> str:
@@ -117,3 +130,14 @@ def runner_for(model, backend, device, precision, arch=None, heads=None, lam=Non
     from ..engine.runners import make_runner
 
     return make_runner(model, backend, device, check_precision(precision), arch, heads, lam, class_names)
+
+
+def ray_spec_for(engine, model, backend, device, precision, arch=None, heads=None, lam=None, class_names=None):
+    """For --engine ray: what each Ray actor needs to build the same runner (None for local).
+    Ray's absence is reported here, before any model is loaded."""
+    if check_engine(engine) == "local":
+        return None
+    from ..engine.ray_engine import model_spec, require_ray
+
+    require_ray()
+    return model_spec(model, backend, device, check_precision(precision), arch, heads, lam, class_names)

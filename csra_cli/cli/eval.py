@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import (ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt, DeviceOpt, HeadsOpt, LamOpt, ModelOpt,
-                  PrecisionOpt, QuietOpt, WorkersOpt, app, handle_errors, resolve_workers, runner_for)
+from .app import (ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt, DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt,
+                  PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, handle_errors, ray_spec_for,
+                  resolve_workers, runner_for)
 from ..console import err, start_progress, warn
 from ..errors import CSRAError
 from .report import ReportOpt, check_report_path
@@ -42,6 +43,8 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     backend: BackendOpt = "auto",
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
     quiet: QuietOpt = False,
 ):
     """mAP (paper protocol), CP/CR/CF1/OP/OR/OF1 and per-class numbers on a labelled set."""
@@ -67,13 +70,19 @@ def eval_cmd(
         model_name = scores
     else:
         workers = resolve_workers(workers)
+        spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names)
         set_threads()
         runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
         card, model_classes, model_name = runner.card, runner.card.classes, runner.card.name
         progress = start_progress(len(data), "scoring", quiet)
         try:
-            all_scores, failures = score_images(runner, data.paths, batch_size, workers,
-                                                progress.advance if progress else None)
+            advance = progress.advance if progress else None
+            if spec is None:
+                all_scores, failures = score_images(runner, data.paths, batch_size, workers, advance)
+            else:
+                from ..engine.ray_engine import score_images_ray
+
+                all_scores, failures = score_images_ray(runner, spec, data.paths, batch_size, advance, ray_address)
         finally:
             if progress:
                 progress.stop()

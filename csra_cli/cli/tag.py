@@ -10,8 +10,8 @@ import typer
 from ..console import err, error, warn
 from ..errors import CSRAError
 from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt,
-                  DeviceOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, WorkersOpt, app, handle_errors,
-                  resolve_workers, runner_for)
+                  DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt,
+                  app, handle_errors, ray_spec_for, resolve_workers, runner_for)
 from .report import ReportOpt, check_report_path, write_tag_report
 
 
@@ -39,6 +39,8 @@ def tag(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     backend: BackendOpt = "auto",
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     report: ReportOpt = None,
@@ -52,6 +54,7 @@ def tag(
 
     from ..console import start_progress
     from ..data.inputs import expand_inputs
+    from ..data.remote import is_uri
     from ..engine.device import set_threads
     from ..engine.tagging import class_subset, read_thresholds_file, run_tagging
     from ..results.sidecars import write_txt, write_xmp
@@ -71,7 +74,13 @@ def tag(
     fmt = format_for(out, fmt)
     page = check_report_path(report, out)
     streamed: list[dict] = []  # the records for --report when they go to stdout
+    uris = [a for a in inputs if is_uri(a)]
+    if uris and engine != "ray":
+        raise CSRAError(f"{uris[0]}: URI inputs are listed here and read by the cluster's workers; add --engine ray")
+    if uris and sidecar:
+        raise CSRAError(f"{uris[0]}: sidecars are written beside local images; leave out --sidecar for URI inputs")
     workers = resolve_workers(workers)
+    spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names)
     set_threads()
     runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
     names = runner.card.classes
@@ -102,11 +111,15 @@ def tag(
 
     paths = expand_inputs(inputs, recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)))
     progress = start_progress(total, "tagging", quiet)
+    common = dict(batch_size=batch_size, top_k=top_k, allowed=allowed, all_scores=scores, on_record=on_record,
+                  progress=progress.advance if progress else None, skip=sink.done)
     try:
-        stats = run_tagging(runner, paths, [sink], per_class, batch_size=batch_size, workers=workers,
-                            top_k=top_k, allowed=allowed, all_scores=scores, on_record=on_record,
-                            progress=progress.advance if progress else None,
-                            skip=sink.done)
+        if spec is None:
+            stats = run_tagging(runner, paths, [sink], per_class, workers=workers, **common)
+        else:
+            from ..engine.ray_engine import run_tagging_ray
+
+            stats = run_tagging_ray(runner, spec, paths, [sink], per_class, address=ray_address, **common)
     except KeyboardInterrupt:
         sink.abort()
         if progress:

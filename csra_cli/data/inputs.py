@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Iterable, Iterator, TextIO
 
+from .remote import is_uri, list_uri
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff",
                     ".gif", ".heic", ".heif", ".avif"}
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
@@ -79,7 +81,7 @@ def expand_inputs(args: Iterable[str], recursive: bool = True, stdin: TextIO | N
 
     def once(paths: Iterable[str]) -> Iterator[str]:
         for p in paths:
-            key = os.path.normpath(os.path.abspath(p))
+            key = p if is_uri(p) else os.path.normpath(os.path.abspath(p))
             if key not in seen:
                 seen.add(key)
                 yield p
@@ -87,6 +89,8 @@ def expand_inputs(args: Iterable[str], recursive: bool = True, stdin: TextIO | N
     for arg in args:
         if arg == "-":
             yield from once(read_stdin_paths(stdin or sys.stdin))
+        elif is_uri(arg):  # s3://bucket/prefix and the like: listed here, read by the workers
+            yield from once(list_uri(arg, IMAGE_EXTENSIONS, recursive))
         elif os.path.isdir(arg):
             yield from once(walk_images(arg, recursive, warn))
         elif not os.path.lexists(arg) and _GLOB_CHARS & set(arg):

@@ -43,6 +43,38 @@ def choose_tags(probs: np.ndarray, classes: list[str], thresholds: np.ndarray, t
     return idx[:top_k].tolist() if top_k else idx.tolist()
 
 
+def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[str], thresholds: np.ndarray,
+                 top_k: int | None = None, allowed: np.ndarray | None = None, all_scores: bool = False,
+                 stamp: dict | None = None) -> dict:
+    """The record of one image from its probabilities (or the reason it could not be read);
+    every engine builds its records here, so they are the same whichever ran the model.
+    ``stamp``: the model's name and the time (kept for the SQLite output)."""
+    if error:
+        return make_record(path, [], {}, error, **(stamp or {}))
+    chosen = choose_tags(probs, classes, thresholds, top_k, allowed)
+    return make_record(path, [classes[c] for c in chosen], {classes[c]: round(float(probs[c]), 6) for c in chosen},
+                       "", {c: round(float(s), 6) for c, s in zip(classes, probs)} if all_scores else None,
+                       **(stamp or {}))
+
+
+def record_stamp(model_name: str) -> dict:
+    """Which model tagged an image, and when (UTC)."""
+    return {"model": model_name, "tagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def deliver(rec: dict, sinks: list, stats: TagStats, on_record: Callable[[dict], None] | None = None) -> None:
+    """Count a record and hand it to the sinks and the per-record hook (sidecars)."""
+    if rec["error"]:
+        stats.failed += 1
+        stats.failures.append((rec["path"], rec["error"]))
+    else:
+        stats.tagged += 1
+    for sink in sinks:
+        sink.write(rec)
+    if on_record:
+        on_record(rec)
+
+
 def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarray, *, batch_size: int = 16,
                 workers: int = 2, top_k: int | None = None, allowed: np.ndarray | None = None,
                 all_scores: bool = False, on_record: Callable[[dict], None] | None = None,
@@ -62,24 +94,11 @@ def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarra
         good = [i for i, e in enumerate(errors) if not e]
         probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
         row = {i: r for r, i in enumerate(good)}
-        stamp = dict(model=runner.card.name, tagged_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        stamp = record_stamp(runner.card.name)
         for i, path in enumerate(batch_paths):
-            if errors[i]:
-                rec = make_record(path, [], {}, errors[i], **stamp)
-                stats.failed += 1
-                stats.failures.append((path, errors[i]))
-            else:
-                p = probs[row[i]]
-                chosen = choose_tags(p, classes, thresholds, top_k, allowed)
-                rec = make_record(path, [classes[c] for c in chosen],
-                                  {classes[c]: round(float(p[c]), 6) for c in chosen}, "",
-                                  {c: round(float(s), 6) for c, s in zip(classes, p)} if all_scores else None,
-                                  **stamp)
-                stats.tagged += 1
-            for sink in sinks:
-                sink.write(rec)
-            if on_record:
-                on_record(rec)
+            rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, thresholds,
+                               top_k, allowed, all_scores, stamp)
+            deliver(rec, sinks, stats, on_record)
         for sink in sinks:
             sink.flush()
         if progress:

@@ -1,0 +1,201 @@
+"""``--engine ray``: tag and eval on a Ray cluster, through Ray Data.
+
+The driver (the machine running ``csra``) expands the inputs exactly as the local engine does,
+leaves out what ``--resume`` already has, and writes every record through the same sinks and
+sidecars. The cluster does the rest: decoding and resizing in CPU tasks, the model in a pool of
+actors (one model load each, one GPU each where the cluster has GPUs). Records come back in input
+order. Ray retries a task whose worker or actor died, and a task's output counts only once it
+finished, so no image is lost or written twice. Ray is imported only here.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..data.remote import is_uri, read_uri
+from ..errors import CSRAError
+from .tagging import TagStats, deliver, image_record, record_stamp
+
+INSTALL_HINT = "pip install 'csra[ray]'"
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise CSRAError(f"--engine ray needs Ray, which is not installed here: {INSTALL_HINT}") from None
+    return ray
+
+
+def model_spec(model, backend="auto", device="auto", precision="auto", arch=None, heads=None, lam=None,
+               class_names=None) -> dict:
+    """What each actor passes to make_runner. Local files become absolute paths (workers start
+    elsewhere), and ``auto`` takes this machine's CSRA_BACKEND, so the driver's choice holds."""
+    def absolute(p):
+        return str(Path(p).resolve()) if p and not is_uri(p) and Path(p).exists() else p
+
+    if backend == "auto":
+        backend = os.environ.get("CSRA_BACKEND", "auto")
+    if device.startswith("cuda"):
+        device = "cuda"  # Ray gives each actor its own GPU, which it sees as cuda:0
+    return {"model": absolute(model), "backend": backend, "device": device, "precision": precision,
+            "arch": arch, "heads": heads, "lam": lam, "class_names": absolute(class_names)}
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Connect to the cluster (RAY_ADDRESS, a running ``ray start`` cluster, or ``--ray-address``;
+    else a local instance sized to this machine); one already open in this process is reused."""
+    ray = require_ray()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            # Worker output stays on the workers: stdout carries only records.
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
+                     configure_logging=True)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise CSRAError(f"--ray-address {address or 'auto'}: cannot connect to Ray "
+                            f"({str(exc).strip().splitlines()[0]})") from None
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def decode_one(pre, path: str) -> tuple[np.ndarray | None, str]:
+    """(uint8 CHW array, "") or (None, why the file could not be used), on a worker; URIs are
+    read through pyarrow, local paths from the worker's disk."""
+    from ..data.loader import describe_error
+
+    try:
+        data = read_uri(path) if is_uri(path) else None
+        if (len(data) if data is not None else os.path.getsize(path)) == 0:
+            return None, "empty file (0 bytes)"
+        return np.asarray(pre.load(io.BytesIO(data) if data is not None else path)), ""
+    except Exception as exc:  # one bad image never ends a batch
+        return None, describe_error(exc)
+
+
+def decode_batch(batch: dict, pre) -> dict:
+    """A CPU task: paths -> uint8 images (blank where unreadable) and their errors."""
+    images = np.zeros((len(batch["path"]), 3, pre.size, pre.size), dtype=np.uint8)
+    errors = []
+    for i, path in enumerate(batch["path"]):
+        img, error = decode_one(pre, str(path))
+        if img is not None:
+            images[i] = img
+        errors.append(error)
+    return {"path": batch["path"], "image": images, "error": np.array(errors, dtype=object)}
+
+
+class ScoreBatch:
+    """An actor of the model pool: loads the model once, then scores batch after batch.
+    ``scorer_for`` makes a subclass that holds the model spec, so a restarted actor needs
+    nothing from the object store."""
+
+    spec: dict = {}
+
+    def __init__(self):
+        from .runners import make_runner
+
+        self.runner = make_runner(**self.spec)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        errors = batch["error"]
+        good = np.array([not e for e in errors], dtype=bool)
+        probs = np.full((len(errors), len(self.runner.card.classes)), np.nan, dtype=np.float32)
+        if good.any():
+            probs[good] = self.runner(torch.from_numpy(np.ascontiguousarray(batch["image"][good])))
+        return {"path": batch["path"], "error": errors, "probs": probs}
+
+
+def scorer_for(spec: dict) -> type:
+    return type("ScoreBatch", (ScoreBatch,), {"spec": dict(spec)})
+
+
+def pool_options(ray, spec: dict) -> dict:
+    """One actor per GPU where the cluster has GPUs (and the device allows them), else one
+    CPU actor per machine: a CPU model already uses every core of its machine."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus and spec["device"] in ("auto", "cuda"):
+        return {"compute": ray.data.ActorPoolStrategy(size=gpus), "num_gpus": 1}
+    machines = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return {"compute": ray.data.ActorPoolStrategy(size=max(machines, 1)), "num_cpus": 1}
+
+
+def score_on_ray(ray, spec: dict, pre, paths: list[str], batch_size: int
+                 ) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
+    """(paths, probabilities with NaN rows where unreadable, errors) per batch, in input order."""
+    if not paths:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # records in input order, as the local engine
+    ctx.enable_progress_bars = False  # the driver shows its own
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # Blocks of a few batches: enough tasks to spread over the cluster, few enough to stay cheap.
+    blocks = max(1, -(-len(paths) // (batch_size * 4)))
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+    # Half a core per decoding task: a photo fetched from S3 waits on the network, and a resource
+    # shape unlike the actors' keeps Ray from fusing decoding into them (it would then run
+    # between model calls instead of beside them).
+    ds = ds.map_batches(decode_batch, fn_kwargs={"pre": pre}, batch_size=batch_size, batch_format="numpy",
+                        num_cpus=0.5)
+    ds = ds.map_batches(scorer_for(spec), batch_size=batch_size, batch_format="numpy", **pool_options(ray, spec))
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        yield [str(p) for p in batch["path"]], np.asarray(batch["probs"]), [str(e or "") for e in batch["error"]]
+
+
+def run_tagging_ray(runner, spec: dict, paths: Iterable[str], sinks: list, thresholds: np.ndarray, *,
+                    batch_size: int = 16, top_k: int | None = None, allowed: np.ndarray | None = None,
+                    all_scores: bool = False, on_record: Callable[[dict], None] | None = None,
+                    progress: Callable[[int], None] | None = None, skip: set[str] | None = None,
+                    address: str | None = None) -> TagStats:
+    """``run_tagging`` on a Ray cluster: the same records, sinks, hooks and statistics."""
+    classes = runner.card.classes
+    stats = TagStats()
+    skip = skip or set()
+    todo = []
+    for p in paths:  # only what the journal does not have yet goes to the cluster
+        if p in skip:
+            stats.skipped += 1
+        else:
+            todo.append(p)
+    with ray_session(address) as ray:
+        for batch_paths, probs, errors in score_on_ray(ray, spec, runner.pre, todo, batch_size):
+            stamp = record_stamp(runner.card.name)
+            for path, p, error in zip(batch_paths, probs, errors):
+                deliver(image_record(path, None if error else p, error, classes, thresholds, top_k, allowed,
+                                     all_scores, stamp), sinks, stats, on_record)
+            for sink in sinks:
+                sink.flush()
+            if progress:
+                progress(len(batch_paths))
+    return stats
+
+
+def score_images_ray(runner, spec: dict, paths: list[str], batch_size: int,
+                     progress: Callable[[int], None] | None = None, address: str | None = None
+                     ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """``score_images`` on a Ray cluster: (N, C) probabilities in the order of ``paths`` (NaN rows
+    for unreadable images) and the (path, reason) of each of those."""
+    scores = np.full((len(paths), len(runner.card.classes)), np.nan, dtype=np.float32)
+    failures: list[tuple[str, str]] = []
+    row = 0
+    with ray_session(address) as ray:
+        for batch_paths, probs, errors in score_on_ray(ray, spec, runner.pre, list(paths), batch_size):
+            scores[row:row + len(batch_paths)] = probs
+            failures += [(p, e) for p, e in zip(batch_paths, errors) if e]
+            row += len(batch_paths)
+            if progress:
+                progress(len(batch_paths))
+    return scores, failures
