@@ -1,13 +1,15 @@
 """``csra tag``."""
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from ..console import err, error, warn
+from ..console import err, error, info, warn
 from ..errors import CSRAError
 from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt,
                   DeviceOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, WorkersOpt, app, handle_errors,
@@ -17,7 +19,7 @@ from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendO
 @app.command()
 @handle_errors
 def tag(
-    inputs: Annotated[List[str], typer.Argument(help="Image files, folders, glob patterns, or - for paths on stdin.")],
+    inputs: Annotated[List[str], typer.Argument(help="Image files, folders, glob patterns, or - for paths on stdin (one a line).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output file (.csv/.json/.jsonl) or - for stdout.")] = "-",
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv, json or jsonl (default: from --out; jsonl on stdout).")] = None,
     model: ModelOpt = None,
@@ -32,6 +34,8 @@ def tag(
     scores: Annotated[bool, typer.Option("--scores", help="Add every class's score to each record.")] = False,
     sidecar: Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars.")] = [],  # noqa: B006
     xmp_name: Annotated[str, typer.Option("--xmp-name", help="full: photo.jpg.xmp, stem: photo.xmp.")] = "full",
+    overwrite_sidecars: Annotated[bool, typer.Option("--overwrite-sidecars", help="Replace .txt sidecars that csra did not write (a user's own captions are kept otherwise).")] = False,
+    null: Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin end with NUL, not newline (find -print0).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")] = True,
     batch_size: BatchSizeOpt = 16,
     workers: WorkersOpt = -1,
@@ -46,13 +50,42 @@ def tag(
 
     Exit codes: 0 all images tagged, 1 some images could not be read (see their error
     records), 2 bad usage or input, 130 interrupted (run again with --resume)."""
+    try:
+        _tag(**locals())
+    except KeyboardInterrupt:  # Ctrl-C before the first image (the tag loop handles its own)
+        error("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except OSError as exc:  # a full disk, /dev/full, an I/O error: one line, earlier outputs intact
+        if exc.errno == errno.EPIPE:  # csra tag ... | head: the reader is gone, nobody to tell
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE)
+        where = f" {exc.filename}" if exc.filename else ""
+        raise CSRAError(f"cannot write{where}: {exc.strerror or exc}") from exc
+
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thresholds, top_k, classes, scores,
+         sidecar, xmp_name, overwrite_sidecars, null, recursive, batch_size, workers, device, precision, backend,
+         resume, overwrite, quiet):
     import numpy as np
 
     from ..console import make_progress, progress_enabled
     from ..data.inputs import expand_inputs
     from ..engine.device import set_threads
     from ..engine.tagging import class_subset, read_thresholds_file, run_tagging
-    from ..results.sidecars import write_txt, write_xmp
+    from ..results.sidecars import SidecarWriter
     from ..results.sinks import FileSink, StreamSink, format_for
 
     for s in sidecar:
@@ -66,6 +99,12 @@ def tag(
         raise CSRAError("--resume and --overwrite contradict each other; pick one")
     if inputs.count("-") > 1:
         raise CSRAError("'-' (stdin) may be given once")
+    if "-" in inputs and sys.stdin is None:
+        raise CSRAError("'-' reads paths from stdin, but stdin is closed")
+    if null and "-" not in inputs:
+        raise CSRAError("--null is about paths on stdin; give - as an input")
+    if out == "-" and sys.stdout is None:
+        raise CSRAError("stdout is closed; give --out FILE")
     fmt = format_for(out, fmt)
     workers = resolve_workers(workers)
     set_threads()
@@ -78,24 +117,23 @@ def tag(
     allowed = class_subset(classes, names)
     sink = (StreamSink(fmt, names if scores else None) if out == "-"
             else FileSink(Path(out), fmt, names if scores else None, resume, overwrite))
+    if sink.retrying:
+        info(f"trying again {sink.retrying} image(s) that failed in the earlier run")
     warnings: list[str] = []
     show = progress_enabled(quiet)
     total = None
     if show and "-" not in inputs:
         total = sum(1 for _ in expand_inputs(inputs, recursive)) - len(sink.done)
 
+    sidecars = SidecarWriter(sidecar, xmp_name, overwrite_sidecars)
+
     def on_record(rec):
         if rec["error"]:
             return
-        try:
-            if "txt" in sidecar:
-                write_txt(rec["path"], rec["tags"])
-            if "xmp" in sidecar:
-                write_xmp(rec["path"], rec["tags"], xmp_name)
-        except (OSError, ValueError) as exc:
-            warn(f"{rec['path']}: sidecar not written ({exc})")
+        for problem in sidecars.write(rec["path"], rec["tags"]):
+            warn(f"{rec['path']}: {problem}")
 
-    paths = expand_inputs(inputs, recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)))
+    paths = expand_inputs(inputs, recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)), null=null)
     progress = task = None
     if show:
         progress, task = make_progress(total, "tagging")
@@ -105,8 +143,10 @@ def tag(
                             top_k=top_k, allowed=allowed, all_scores=scores, on_record=on_record,
                             progress=(lambda n: progress.advance(task, n)) if progress else None,
                             skip=sink.done)
-    except KeyboardInterrupt:
-        sink.abort()
+    except BaseException as exc:
+        sink.abort()  # the journal stays for --resume, the lock goes
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
         if progress:
             progress.stop()
         where = f"; run the same command with --resume to continue into {out}" if out != "-" else ""
@@ -114,7 +154,11 @@ def tag(
         raise typer.Exit(EXIT_INTERRUPTED)
     if progress:
         progress.stop()
-    sink.close()
+    try:
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
     if stats.tagged + stats.failed + stats.skipped == 0:
         warn("no images found in the inputs")
     if not quiet:

@@ -90,7 +90,7 @@ def cached_onnx(model) -> str:
     """The model as a verified ONNX file in $CSRA_HOME/onnx, exported on first use."""
     from pathlib import Path
 
-    from ..fileio import atomic_temp
+    from ..fileio import atomic_temp, remove_stale
     from ..errors import CSRAError
     from .export import export_onnx, verify_onnx
     from ..models.registry import cache_dir
@@ -98,6 +98,7 @@ def cached_onnx(model) -> str:
     path = cache_dir() / "onnx" / f"{model.card.name}-{_graph_digest(model)}.onnx"
     if path.is_file():
         return str(path)
+    remove_stale(path.parent.glob(".*.onnx"), 3600)  # temporaries of exports killed an hour ago or more
     fd, tmp = atomic_temp(path, ".onnx")
     os.close(fd)
     try:
