@@ -278,3 +278,43 @@ def test_stale_temporaries_of_an_onnx_export_are_cleaned(tmp_path, tiny_model_pa
         cached_onnx(load_model(str(tiny_model_path)))
     assert not old.exists() and young.exists()
     assert [p.name for p in folder.iterdir()] == [young.name]
+
+
+def test_model_names_cannot_leave_the_cache(tmp_path, isolated_home, monkeypatch):
+    from .test_models_cli import _official_like_checkpoint
+
+    src = tmp_path / "r18.pth"
+    _official_like_checkpoint(src)
+    for name in ("../../evil", str(tmp_path / "abs"), "..", "a/b"):
+        res = runner.invoke(app, ["models", "import", str(src), "--lam", "0.5", "--classes", "voc", "--name", name])
+        assert res.exit_code == 2 and "plain name" in res.stderr, (name, res.output)
+    assert not list(tmp_path.rglob("evil*")) and not list(tmp_path.glob("abs*"))
+    reg = tmp_path / "registry.json"
+    reg.write_text(json.dumps({"default": "x", "models": [{"name": "x", "file": "../../x.pth", "url": "file:///nowhere"}]}))
+    monkeypatch.setenv("CSRA_REGISTRY", str(reg))
+    res = runner.invoke(app, ["models", "download", "x"])
+    assert res.exit_code == 2 and "plain name" in res.stderr, res.output
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"mean": [0.5, 0.5]}, "mean"), ({"input_size": 0}, "input_size"), ({"input_size": 100000}, "input_size"),
+    ({"num_heads": "2"}, "num_heads"), ({"threshold": 7}, "threshold"), ({"classes": []}, "classes"),
+    ({"name": "../up"}, "plain name"), ("nan", "NaN"),
+])
+def test_broken_model_cards_and_weights_are_one_line(tmp_path, tiny_model_path, image_folder, change, needle):
+    from safetensors.torch import load_file, save_file
+
+    m = tmp_path / "m.safetensors"
+    card = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    if change == "nan":
+        state = load_file(str(tiny_model_path))
+        key = next(k for k, v in state.items() if v.is_floating_point())
+        state[key][0] = float("nan")
+        save_file(state, str(m))
+    else:
+        shutil.copy(tiny_model_path, m)
+        card.update(change)
+    m.with_suffix(".json").write_text(json.dumps(card))
+    res = tag(image_folder / "a.jpg", "-m", m, "-q")
+    assert res.exit_code == 2 and needle in res.stderr and "Traceback" not in res.output, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""

@@ -55,7 +55,10 @@ class OnnxRunner:
         meta = self.session.get_modelmeta().custom_metadata_map
         if card is None and "csra_card" not in meta:
             raise ValueError(f"{path}: no csra_card metadata; export it with 'csra export --onnx'")
-        self.card = card or ModelCard.from_dict(json.loads(meta["csra_card"]))
+        try:
+            self.card = card or ModelCard.from_dict(json.loads(meta["csra_card"]))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: its csra_card metadata is not a valid model card ({exc})") from exc
         self.pre = Preprocess.from_card(self.card)
         self.input = self.session.get_inputs()[0]
         self.fp16 = self.input.type == "tensor(float16)"

@@ -50,6 +50,9 @@ def model_from_card(card: ModelCard, state: dict, source: str) -> CSRAModel:
         model = create_model(card.arch, card.num_classes, card.num_heads, card.lam, card=card, **card.arch_kwargs)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from exc
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}); the file is broken")
     load_weights(model, state, source)
     return model.eval()
 
