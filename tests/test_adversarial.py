@@ -318,3 +318,25 @@ def test_broken_model_cards_and_weights_are_one_line(tmp_path, tiny_model_path, 
     res = tag(image_folder / "a.jpg", "-m", m, "-q")
     assert res.exit_code == 2 and needle in res.stderr and "Traceback" not in res.output, res.output
     assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""
+
+
+def test_downloads_must_be_weights_and_keep_their_first_digest(tmp_path, monkeypatch, isolated_home):
+    from .test_models_cli import _official_like_checkpoint, _registry
+
+    served = tmp_path / "served"
+    served.mkdir()
+    _registry(tmp_path, monkeypatch, (served / "dl_test.pth").as_uri(), None)
+    (served / "dl_test.pth").write_text("<!DOCTYPE html><html><body>Please log in</body></html>\n")
+    res = runner.invoke(app, ["models", "download", "dl-test"])
+    assert res.exit_code == 2 and "HTML" in res.stderr, res.output
+    assert not list(isolated_home.rglob("dl_test*"))
+    (served / "dl_test.pth").write_bytes(b"PK\x03\x04" + os.urandom(300))  # a zip that is no checkpoint
+    res = runner.invoke(app, ["models", "download", "dl-test"])
+    assert res.exit_code == 2 and "not a loadable checkpoint" in res.stderr and not list(isolated_home.rglob("dl_test*"))
+    _official_like_checkpoint(served / "dl_test.pth")
+    assert runner.invoke(app, ["models", "download", "dl-test"]).exit_code == 0
+    assert (isolated_home / "dl_test.pth.sha256").is_file()
+    with open(isolated_home / "dl_test.pth", "ab") as fh:
+        fh.write(b"tampered")
+    res = runner.invoke(app, ["models", "download", "dl-test"])
+    assert res.exit_code == 2 and "changed since it was downloaded" in res.stderr, res.output

@@ -89,6 +89,11 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     found = registry.installed_path(entry)
     if found is None:
         raise ModelNotFound(f"model '{entry['name']}' is not installed; run: csra models download {entry['name']}")
+    from .download import recorded_digest_mismatch
+
+    problem = recorded_digest_mismatch(found)
+    if problem:
+        raise CheckpointError(f"{problem}; run: csra models download {entry['name']} --force")
     return found, entry
 
 
