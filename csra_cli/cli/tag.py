@@ -144,11 +144,14 @@ def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thre
                             progress=(lambda n: progress.advance(task, n)) if progress else None,
                             skip=sink.done)
     except BaseException as exc:
-        sink.abort()  # the journal stays for --resume, the lock goes
-        if not isinstance(exc, KeyboardInterrupt):
-            raise
         if progress:
             progress.stop()
+        try:
+            sink.abort()  # the journal stays for --resume, the lock goes
+        except OSError:
+            pass  # the stream that failed fails again; the first error is the one to report
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
         where = f"; run the same command with --resume to continue into {out}" if out != "-" else ""
         error(f"interrupted{where}")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -157,7 +160,10 @@ def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thre
     try:
         sink.close()
     except BaseException:
-        sink.abort()
+        try:
+            sink.abort()
+        except OSError:
+            pass
         raise
     if stats.tagged + stats.failed + stats.skipped == 0:
         warn("no images found in the inputs")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def check_name(name, what: str = "model name") -> str:
 
 
 def _number(value, what: str, lo: float, hi: float, integer: bool = False):
-    kind = int if integer else (int, float)
+    kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not lo <= value <= hi:
         raise ValueError(f"{what} is {value!r}; expected {'an integer' if integer else 'a number'} "
                          f"from {lo:g} to {hi:g}")
@@ -60,7 +61,7 @@ class ModelCard:
             raise ValueError(f"arch is {self.arch!r}; expected an architecture name")
         _number(self.num_heads, "num_heads", 1, 64, integer=True)
         _number(self.lam, "lam", 0, 1e3)
-        if not isinstance(self.classes, list) or not self.classes or \
+        if not isinstance(self.classes, (list, tuple)) or not self.classes or \
                 not all(isinstance(c, str) and c for c in self.classes):
             raise ValueError("classes must be a non-empty list of names")
         if len(set(self.classes)) != len(self.classes):
@@ -72,7 +73,7 @@ class ModelCard:
             values = getattr(self, key)
             if values is None:
                 continue
-            if not isinstance(values, list) or len(values) != 3:
+            if not isinstance(values, (list, tuple)) or len(values) != 3:
                 raise ValueError(f"{key} is {values!r}; expected 3 numbers (R, G, B)")
             for v in values:
                 _number(v, key, 1e-6 if key == "std" else -10, 10)
