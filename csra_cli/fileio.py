@@ -1,8 +1,10 @@
 """Writing files so that nothing is lost: a temporary file beside the target, fsync, rename."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -22,12 +24,49 @@ def umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def target_mode(path: Path) -> int:
+    """The mode a replacement of ``path`` gets: the existing file's (a private 0600 stays
+    private), else what a plain open() would give."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return umask_mode()
+
+
 def atomic_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
-    """A temporary file beside ``path`` with ordinary permissions, to be renamed onto it."""
+    """A temporary file beside ``path`` with the mode it will have, to be renamed onto it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.fchmod(fd, umask_mode())
+    os.fchmod(fd, target_mode(path))
     return fd, tmp
+
+
+def temp_leftovers(path: Path, suffix: str = ".tmp") -> list[Path]:
+    """Temporaries of ``atomic_temp(path)`` that a killed run left behind."""
+    return [p for p in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}") if p.is_file()]
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file that another library wrote (e.g. SQLite) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -38,8 +77,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def remove_stale(paths, older_than_s: float) -> int:
+    """Delete files not modified for ``older_than_s`` seconds (temporaries of killed runs;
+    younger ones may belong to a run still going)."""
+    import time
+
+    removed = 0
+    for p in paths:
+        try:
+            if time.time() - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                removed += 1
+        except OSError:
+            pass
+    return removed

@@ -192,7 +192,8 @@ def test_sidecars_txt_names_do_not_collide_and_xmp_merges(tmp_path, tiny_model_p
         "--xmp-name", "stem", "-o", tmp_path / "o2.jsonl")
     again = ET.fromstring((folder / "solo.xmp").read_bytes().split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0])
     assert [li.text for li in again.findall("rdf:RDF/rdf:Description/dc:subject/rdf:Bag/rdf:li", ns)] == subjects
-    assert (folder / "a.jpg.xmp").exists() is False and (folder / "a.xmp").exists()
+    # a.jpg and a.png share the stem: each gets its own XMP, as with txt
+    assert (folder / "a.jpg.xmp").exists() and (folder / "a.png.xmp").exists() and not (folder / "a.xmp").exists()
 
 
 def test_symlink_loop_and_globs(tmp_path, tiny_model_path):

@@ -92,23 +92,29 @@ def models_download(
     force: Annotated[bool, typer.Option("--force", help="Download again even if installed.")] = False,
 ):
     """Download a model into the cache ($CSRA_HOME, default ~/.cache/csra), sha256-checked."""
-    from ..models.download import download
+    from ..fileio import atomic_write_bytes
+    from ..models.download import check_model_file, digest_record, download, recorded_digest_mismatch
 
     entry = registry.entry(name)
     dest = registry.cache_dir() / entry["file"]
     have = registry.installed_path(entry)
     if have and not force:
+        problem = recorded_digest_mismatch(have)
+        if problem:
+            raise CSRAError(f"{problem}; download it again with --force")
         info(f"{name} is already installed at {have}")
         return
     source = url or entry.get("url")
     if not source:
         raise CSRAError(f"{name} has no download URL; it ships in weights/")
     info(f"downloading {name} from {source}")
-    digest = download(source, dest, entry.get("sha256"))
+    digest = download(source, dest, entry.get("sha256"), check=check_model_file)
     if entry.get("sha256"):
         info(f"verified sha256 {digest}; saved {dest}")
     else:
-        warn(f"sha256 {digest}: could not verify (the registry lists no digest for {name}); saved {dest}")
+        atomic_write_bytes(digest_record(dest), f"{digest}  {dest.name}\n".encode())
+        warn(f"sha256 {digest}: could not verify (the registry lists no digest for {name}); saved {dest} "
+             "and recorded its digest to check it later")
 
 
 @models_app.command("import")

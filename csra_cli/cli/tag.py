@@ -1,13 +1,15 @@
 """``csra tag``."""
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from ..console import err, error, warn
+from ..console import err, error, info, warn
 from ..errors import CSRAError
 from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt,
                   DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt,
@@ -18,7 +20,7 @@ from .report import ReportOpt, check_report_path, write_tag_report
 @app.command()
 @handle_errors
 def tag(
-    inputs: Annotated[List[str], typer.Argument(help="Image files, folders, glob patterns, or - for paths on stdin.")],
+    inputs: Annotated[List[str], typer.Argument(help="Image files, folders, glob patterns, or - for paths on stdin (one a line).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output file (.csv/.json/.jsonl/.sqlite) or - for stdout.")] = "-",
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv, json, jsonl or sqlite (default: from --out; jsonl on stdout).")] = None,
     model: ModelOpt = None,
@@ -33,6 +35,8 @@ def tag(
     scores: Annotated[bool, typer.Option("--scores", help="Add every class's score to each record.")] = False,
     sidecar: Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars.")] = [],  # noqa: B006
     xmp_name: Annotated[str, typer.Option("--xmp-name", help="full: photo.jpg.xmp, stem: photo.xmp.")] = "full",
+    overwrite_sidecars: Annotated[bool, typer.Option("--overwrite-sidecars", help="Replace .txt sidecars that csra did not write (a user's own captions are kept otherwise).")] = False,
+    null: Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin end with NUL, not newline (find -print0).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")] = True,
     batch_size: BatchSizeOpt = 16,
     workers: WorkersOpt = -1,
@@ -50,6 +54,35 @@ def tag(
 
     Exit codes: 0 all images tagged, 1 some images could not be read (see their error
     records), 2 bad usage or input, 130 interrupted (run again with --resume)."""
+    try:
+        _tag(**locals())
+    except KeyboardInterrupt:  # Ctrl-C before the first image (the tag loop handles its own)
+        error("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except OSError as exc:  # a full disk, /dev/full, an I/O error: one line, earlier outputs intact
+        if exc.errno == errno.EPIPE:  # csra tag ... | head: the reader is gone, nobody to tell
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE)
+        where = f" {exc.filename}" if exc.filename else ""
+        raise CSRAError(f"cannot write{where}: {exc.strerror or exc}") from exc
+
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thresholds, top_k, classes, scores,
+         sidecar, xmp_name, overwrite_sidecars, null, recursive, batch_size, workers, device, precision, backend,
+         engine, ray_address, resume, overwrite, report, quiet):
     import numpy as np
 
     from ..console import start_progress
@@ -57,7 +90,7 @@ def tag(
     from ..data.remote import is_uri
     from ..engine.device import set_threads
     from ..engine.tagging import class_subset, read_thresholds_file, run_tagging
-    from ..results.sidecars import write_txt, write_xmp
+    from ..results.sidecars import SidecarWriter
     from ..results.sinks import FileSink, StreamSink, format_for, read_output
 
     for s in sidecar:
@@ -71,6 +104,12 @@ def tag(
         raise CSRAError("--resume and --overwrite contradict each other; pick one")
     if inputs.count("-") > 1:
         raise CSRAError("'-' (stdin) may be given once")
+    if "-" in inputs and sys.stdin is None:
+        raise CSRAError("'-' reads paths from stdin, but stdin is closed")
+    if null and "-" not in inputs:
+        raise CSRAError("--null is about paths on stdin; give - as an input")
+    if out == "-" and sys.stdout is None:
+        raise CSRAError("stdout is closed; give --out FILE")
     fmt = format_for(out, fmt)
     page = check_report_path(report, out)
     streamed: list[dict] = []  # the records for --report when they go to stdout
@@ -91,25 +130,24 @@ def tag(
     allowed = class_subset(classes, names)
     sink = (StreamSink(fmt, names if scores else None) if out == "-"
             else FileSink(Path(out), fmt, names if scores else None, resume, overwrite))
+    if sink.retrying:
+        info(f"trying again {sink.retrying} image(s) that failed in the earlier run")
     warnings: list[str] = []
     total = None
     if not quiet and "-" not in inputs:
         total = sum(1 for _ in expand_inputs(inputs, recursive)) - len(sink.done)
+
+    sidecars = SidecarWriter(sidecar, xmp_name, overwrite_sidecars)
 
     def on_record(rec):
         if page and out == "-":
             streamed.append(rec)
         if rec["error"]:
             return
-        try:
-            if "txt" in sidecar:
-                write_txt(rec["path"], rec["tags"])
-            if "xmp" in sidecar:
-                write_xmp(rec["path"], rec["tags"], xmp_name)
-        except (OSError, ValueError) as exc:
-            warn(f"{rec['path']}: sidecar not written ({exc})")
+        for problem in sidecars.write(rec["path"], rec["tags"]):
+            warn(f"{rec['path']}: {problem}")
 
-    paths = expand_inputs(inputs, recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)))
+    paths = expand_inputs(inputs, recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)), null=null)
     progress = start_progress(total, "tagging", quiet)
     common = dict(batch_size=batch_size, top_k=top_k, allowed=allowed, all_scores=scores, on_record=on_record,
                   progress=progress.advance if progress else None, skip=sink.done)
@@ -120,16 +158,28 @@ def tag(
             from ..engine.ray_engine import run_tagging_ray
 
             stats = run_tagging_ray(runner, spec, paths, [sink], per_class, address=ray_address, **common)
-    except KeyboardInterrupt:
-        sink.abort()
+    except BaseException as exc:
         if progress:
             progress.stop()
+        try:
+            sink.abort()  # the journal stays for --resume, the lock goes
+        except OSError:
+            pass  # the stream that failed fails again; the first error is the one to report
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
         where = f"; run the same command with --resume to continue into {out}" if out != "-" else ""
         error(f"interrupted{where}")
         raise typer.Exit(EXIT_INTERRUPTED)
     if progress:
         progress.stop()
-    sink.close()
+    try:
+        sink.close()
+    except BaseException:
+        try:
+            sink.abort()
+        except OSError:
+            pass
+        raise
     if page:
         write_tag_report(streamed if out == "-" else read_output(Path(out), fmt), page, "" if out == "-" else out, quiet)
     if stats.tagged + stats.failed + stats.skipped == 0:

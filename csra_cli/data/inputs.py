@@ -6,8 +6,10 @@ counts as an image by its extension (any case) or, failing that, by its first by
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 import sys
 from typing import Iterable, Iterator, TextIO
 
@@ -33,49 +35,102 @@ def looks_like_image(path: str) -> bool:
 
 
 def walk_images(folder: str, recursive: bool = True, warn=None) -> Iterator[str]:
-    """Image files under ``folder``, sorted; follows symlinks but never loops."""
+    """Image files under ``folder``, sorted; follows symlinks but never loops. What cannot be
+    used (a dangling symlink, a symlink loop, a FIFO or device) gets a warning, and where its
+    name says image it is still yielded, so that it becomes an error record."""
     seen: set[tuple[int, int]] = set()
+
+    def say(message: str) -> None:
+        if warn:
+            warn(message)
 
     def visit(d: str) -> Iterator[str]:
         try:
             st = os.stat(d)
         except OSError as exc:
-            if warn:
-                warn(f"{d}: cannot read folder ({exc.strerror or exc})")
+            say(f"{d}: cannot read folder ({exc.strerror or exc})")
             return
         if (st.st_dev, st.st_ino) in seen:  # a symlink loop or a folder reached twice
+            say(f"{d}: folder already visited (a symlink loop?); skipped")
             return
         seen.add((st.st_dev, st.st_ino))
         try:
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            if warn:
-                warn(f"{d}: cannot read folder ({exc.strerror or exc})")
+            say(f"{d}: cannot read folder ({exc.strerror or exc})")
             return
         for e in entries:
             try:
                 is_dir = e.is_dir()
             except OSError:
-                continue
+                is_dir = False
             if is_dir:
                 if recursive:
                     yield from visit(e.path)
-            elif e.is_file() and looks_like_image(e.path):
+                continue
+            try:
+                is_file = e.is_file()
+            except OSError:
+                is_file = False
+            if is_file:
+                if looks_like_image(e.path):
+                    yield e.path
+                continue
+            why = _unusable(e.path)
+            candidate = os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            say(f"{e.path}: {why}; " + ("not an image file" if candidate else "skipped"))
+            if candidate:
                 yield e.path
 
     yield from visit(folder)
 
 
-def read_stdin_paths(stream: TextIO) -> Iterator[str]:
-    for line in stream:
-        line = line.rstrip("\r\n")
-        if line.strip():
-            yield line
+def _unusable(path: str) -> str:
+    """Why a folder entry that is neither a folder nor a regular file cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if os.path.islink(path):
+            return "dangling symlink"
+        return exc.strerror or str(exc)
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a device"
+    return "not a regular file"
+
+
+def read_stdin_paths(stream, null: bool = False) -> Iterator[str]:
+    """Paths on stdin, exactly as given: one a line (only the newline is taken off), or
+    NUL-terminated with ``null`` (``find -print0``). Bytes that are not UTF-8 are kept
+    (surrogateescape), as the file system gives them."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (tests, StringIO)
+        text = stream.read() if null else None
+        parts = text.split("\0") if null else (line[:-1] if line.endswith("\n") else line for line in stream)
+        for part in parts:
+            if part:
+                yield part
+        return
+    sep = b"\0" if null else b"\n"
+    pending = b""
+    while block := raw.read1(1 << 16) if hasattr(raw, "read1") else raw.read(1 << 16):
+        pending += block
+        *done, pending = pending.split(sep)
+        for part in done:
+            if part:
+                yield os.fsdecode(part)
+    if pending:
+        yield os.fsdecode(pending)
 
 
 def expand_inputs(args: Iterable[str], recursive: bool = True, stdin: TextIO | None = None,
-                  warn=None) -> Iterator[str]:
+                  warn=None, null: bool = False) -> Iterator[str]:
     """Every image path the arguments name, each once, in a deterministic order."""
     seen: set[str] = set()
 
@@ -88,7 +143,7 @@ def expand_inputs(args: Iterable[str], recursive: bool = True, stdin: TextIO | N
 
     for arg in args:
         if arg == "-":
-            yield from once(read_stdin_paths(stdin or sys.stdin))
+            yield from once(read_stdin_paths(stdin or sys.stdin, null))
         elif is_uri(arg):  # s3://bucket/prefix and the like: listed here, read by the workers
             yield from once(list_uri(arg, IMAGE_EXTENSIONS, recursive))
         elif os.path.isdir(arg):

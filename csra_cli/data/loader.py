@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 from typing import Iterable, Iterator
 
 import torch
@@ -34,7 +35,10 @@ def load_one(preprocess: Preprocess, path: str, flip: bool = False) -> tuple[tor
     """(uint8 tensor, "") or (a blank tensor, the reason the file could not be used)."""
     blank = torch.zeros(3, preprocess.size, preprocess.size, dtype=torch.uint8)
     try:
-        if os.path.getsize(path) == 0:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # a FIFO would block the worker
+            return blank, "not a regular file (a FIFO, socket or device)"
+        if st.st_size == 0:
             return blank, "empty file (0 bytes)"
         tensor = preprocess.load(path)
     except Exception as exc:  # one bad image never ends a batch

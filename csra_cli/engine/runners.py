@@ -55,7 +55,10 @@ class OnnxRunner:
         meta = self.session.get_modelmeta().custom_metadata_map
         if card is None and "csra_card" not in meta:
             raise ValueError(f"{path}: no csra_card metadata; export it with 'csra export --onnx'")
-        self.card = card or ModelCard.from_dict(json.loads(meta["csra_card"]))
+        try:
+            self.card = card or ModelCard.from_dict(json.loads(meta["csra_card"]))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: its csra_card metadata is not a valid model card ({exc})") from exc
         self.pre = Preprocess.from_card(self.card)
         self.input = self.session.get_inputs()[0]
         self.fp16 = self.input.type == "tensor(float16)"
@@ -90,7 +93,7 @@ def cached_onnx(model) -> str:
     """The model as a verified ONNX file in $CSRA_HOME/onnx, exported on first use."""
     from pathlib import Path
 
-    from ..fileio import atomic_temp
+    from ..fileio import atomic_temp, remove_stale
     from ..errors import CSRAError
     from .export import export_onnx, verify_onnx
     from ..models.registry import cache_dir
@@ -98,6 +101,7 @@ def cached_onnx(model) -> str:
     path = cache_dir() / "onnx" / f"{model.card.name}-{_graph_digest(model)}.onnx"
     if path.is_file():
         return str(path)
+    remove_stale(path.parent.glob(".*.onnx"), 3600)  # temporaries of exports killed an hour ago or more
     fd, tmp = atomic_temp(path, ".onnx")
     os.close(fd)
     try:

@@ -2,10 +2,29 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 CARD_VERSION = 1
+MAX_INPUT_SIZE = 2048  # 448 is the official size; far beyond this one image no longer fits in memory
+
+
+def check_name(name, what: str = "model name") -> str:
+    """A name that becomes a file name in $CSRA_HOME: no folders, no way out of it."""
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name \
+            or "\0" in name or ".." in name or name.startswith("."):
+        raise ValueError(f"{what} {name!r}: use a plain name without '/', '\\', '..' or a leading '.'")
+    return name
+
+
+def _number(value, what: str, lo: float, hi: float, integer: bool = False):
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{what} is {value!r}; expected {'an integer' if integer else 'a number'} "
+                         f"from {lo:g} to {hi:g}")
+    return value
 
 
 @dataclass
@@ -29,6 +48,45 @@ class ModelCard:
     sha256: str = ""  # of the weights file
     card_version: int = CARD_VERSION
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Types, ranges and lengths, so a bad card fails here in one line, not as a traceback
+        or a silently wrong run later."""
+        from ..data.preprocess import RESIZE_MODES
+
+        check_name(self.name)
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ValueError(f"arch is {self.arch!r}; expected an architecture name")
+        _number(self.num_heads, "num_heads", 1, 64, integer=True)
+        _number(self.lam, "lam", 0, 1e3)
+        if not isinstance(self.classes, (list, tuple)) or not self.classes or \
+                not all(isinstance(c, str) and c for c in self.classes):
+            raise ValueError("classes must be a non-empty list of names")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes holds the same name twice")
+        _number(self.input_size, "input_size", 16, MAX_INPUT_SIZE, integer=True)
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize is {self.resize!r}; expected {', '.join(RESIZE_MODES)}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is None:
+                continue
+            if not isinstance(values, (list, tuple)) or len(values) != 3:
+                raise ValueError(f"{key} is {values!r}; expected 3 numbers (R, G, B)")
+            for v in values:
+                _number(v, key, 1e-6 if key == "std" else -10, 10)
+        _number(self.threshold, "threshold", 0, 1)
+        if self.thresholds is not None:
+            if not isinstance(self.thresholds, dict):
+                raise ValueError("thresholds must map class names to numbers")
+            for c, t in self.thresholds.items():
+                _number(t, f"thresholds[{c!r}]", 0, 1)
+        for key in ("arch_kwargs", "training", "metrics"):
+            if not isinstance(getattr(self, key), dict):
+                raise ValueError(f"{key} must be an object")
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -39,10 +97,15 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelCard":
         known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict):
+            raise ValueError("a model card is a JSON object")
         missing = {"name", "arch", "num_heads", "lam", "classes"} - data.keys()
         if missing:
             raise ValueError(f"model card lacks {', '.join(sorted(missing))}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ValueError(f"not a valid model card ({exc})") from exc
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelCard":
@@ -50,7 +113,10 @@ class ModelCard:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not a valid model card ({exc})") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     def class_thresholds(self, default: float | None = None) -> list[float]:
         """One threshold per class: the per-class ones where known, else the global one."""

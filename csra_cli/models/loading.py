@@ -50,6 +50,9 @@ def model_from_card(card: ModelCard, state: dict, source: str) -> CSRAModel:
         model = create_model(card.arch, card.num_classes, card.num_heads, card.lam, card=card, **card.arch_kwargs)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from exc
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}); the file is broken")
     load_weights(model, state, source)
     return model.eval()
 
@@ -86,6 +89,11 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     found = registry.installed_path(entry)
     if found is None:
         raise ModelNotFound(f"model '{entry['name']}' is not installed; run: csra models download {entry['name']}")
+    from .download import recorded_digest_mismatch
+
+    problem = recorded_digest_mismatch(found)
+    if problem:
+        raise CheckpointError(f"{problem}; run: csra models download {entry['name']} --force")
     return found, entry
 
 

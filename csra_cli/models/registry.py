@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelNotFound
+from .card import check_name
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = _PACKAGE / "weights"  # where the wheel puts weights/
@@ -41,6 +42,10 @@ def default_name() -> str:
 
 def imported(name: str) -> Path | None:
     """A model converted with ``csra models import`` (or copied) into the cache under this name."""
+    try:
+        check_name(name)
+    except ValueError:
+        return None
     p = cache_dir() / f"{name}.safetensors"
     return p if p.is_file() and p.with_suffix(".json").is_file() else None
 
@@ -53,6 +58,7 @@ def imported_models() -> list[Path]:
 def entry(name: str) -> dict:
     for e in entries():
         if e["name"] == name:
+            check_name(e["file"], f"registry entry {name}: file")
             return e
     known = ", ".join(e["name"] for e in entries())
     raise ModelNotFound(f"unknown model '{name}'; known models: {known} (see 'csra models')")

@@ -1,12 +1,21 @@
-"""Sidecar files beside each image: ``.txt`` captions and ``.xmp`` keyword metadata."""
+"""Sidecar files beside each image: ``.txt`` captions and ``.xmp`` keyword metadata.
+
+Nothing of the user's is lost: a sidecar never lands on an input file (``scan.txt`` that is
+really a JPEG), a ``.txt`` that csra did not write is kept unless ``--overwrite-sidecars``
+(csra notes the files it wrote, with their sha256, in ``.csra-sidecars`` in each folder; an
+edited caption counts as the user's), and an existing XMP is merged into: the user's keywords
+stay, csra's own (``CSRA|…`` and the plain tags under it) are replaced by the new ones.
+"""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ..fileio import atomic_write_bytes
-from ..data.inputs import IMAGE_EXTENSIONS
+from ..data.inputs import IMAGE_EXTENSIONS, looks_like_image
 
 NS = {
     "x": "adobe:ns:meta/",
@@ -33,66 +42,163 @@ def _q(prefix: str, name: str) -> str:
     return f"{{{NS[prefix]}}}{name}"
 
 
-def txt_sidecar_path(image: str) -> Path:
-    """``photo.txt``, or ``photo.jpg.txt`` when another image in the folder shares the stem
-    (``a.jpg`` and ``a.png`` must not write the same caption file)."""
+def sidecar_path(image: str, ext: str, naming: str = "stem") -> Path:
+    """``photo.EXT`` (naming "stem"), or ``photo.jpg.EXT`` (naming "full", or when another image in
+    the folder shares the stem, or when ``photo.EXT`` would be the image itself or another image)."""
     p = Path(image)
+    full = p.with_name(p.name + ext)
+    stem = p.with_suffix(ext)
+    if naming == "full" or stem.name == p.name:
+        return full
     try:
         siblings = [s for s in os.listdir(p.parent or ".") if s != p.name and Path(s).stem == p.stem
                     and Path(s).suffix.lower() in IMAGE_EXTENSIONS]
     except OSError:
         siblings = []
-    return p.with_name(p.name + ".txt") if siblings else p.with_suffix(".txt")
+    if siblings or (stem.is_file() and looks_like_image(str(stem))):
+        return full
+    return stem
 
 
-def write_txt(image: str, tags: list[str]) -> Path:
-    path = txt_sidecar_path(image)
-    atomic_write_bytes(path, (", ".join(tags) + "\n").encode("utf-8"))
-    return path
+def txt_sidecar_path(image: str) -> Path:
+    return sidecar_path(image, ".txt")
 
 
 def xmp_sidecar_path(image: str, naming: str = "full") -> Path:
-    p = Path(image)
-    return p.with_suffix(".xmp") if naming == "stem" else p.with_name(p.name + ".xmp")
+    return sidecar_path(image, ".xmp", naming)
 
 
-def _bag(parent: ET.Element, prop: str) -> ET.Element:
-    """The rdf:Bag of ``prop`` (e.g. dc:subject) under a description, created if missing."""
-    el = parent.find(prop)
-    if el is None:
-        el = ET.SubElement(parent, prop)
-    bag = el.find(_q("rdf", "Bag"))
-    if bag is None:
-        bag = ET.SubElement(el, _q("rdf", "Bag"))
-    return bag
+MANIFEST = ".csra-sidecars"  # per folder: "sha256  name" of each .txt csra wrote (sha256sum's format)
 
 
-def _merge_items(bag: ET.Element, values: list[str]) -> None:
-    have = [li.text or "" for li in bag.findall(_q("rdf", "li"))]
-    for v in values:
-        if v not in have:
-            ET.SubElement(bag, _q("rdf", "li")).text = v
-            have.append(v)
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class SidecarWriter:
+    """Writes the sidecars of one run (``kinds``: txt, xmp) and knows which .txt files are csra's."""
+
+    def __init__(self, kinds, xmp_naming: str = "full", overwrite: bool = False):
+        self.kinds, self.xmp_naming, self.overwrite = list(kinds), xmp_naming, overwrite
+        self._written: dict[Path, dict[str, str]] = {}  # folder -> name -> sha256 csra wrote
+
+    def write(self, image: str, tags: list[str]) -> list[str]:
+        """Write every sidecar of one image; the problems, one line each (never raises)."""
+        problems = []
+        for kind in self.kinds:
+            try:
+                if kind == "txt":
+                    self.write_txt(image, tags)
+                else:
+                    write_xmp(image, tags, self.xmp_naming)
+            except (OSError, ValueError) as exc:
+                problems.append(f"{kind} sidecar not written ({exc})")
+        return problems
+
+    def written(self, folder: Path) -> dict[str, str]:
+        if folder not in self._written:
+            table: dict[str, str] = {}
+            try:
+                with open(folder / MANIFEST, encoding="utf-8", errors="surrogateescape") as fh:
+                    for line in fh:
+                        digest, sep, name = line.rstrip("\n").partition("  ")
+                        if sep:
+                            table[name] = digest
+            except OSError:
+                pass
+            self._written[folder] = table
+        return self._written[folder]
+
+    def write_txt(self, image: str, tags: list[str]) -> Path:
+        path = txt_sidecar_path(image)
+        data = (", ".join(tags) + "\n").encode("utf-8")
+        folder = path.parent
+        mine = self.written(folder)
+        if path.exists():
+            if looks_like_image(str(path)):
+                raise ValueError(f"{path} is an image; a sidecar never replaces one")
+            if not self.overwrite and mine.get(path.name) != _sha256(path.read_bytes()):
+                raise ValueError(f"{path} exists and csra did not write it; --overwrite-sidecars replaces it")
+        atomic_write_bytes(path, data)
+        digest = _sha256(data)
+        if mine.get(path.name) != digest:
+            with open(folder / MANIFEST, "a", encoding="utf-8", errors="surrogateescape") as fh:
+                fh.write(f"{digest}  {path.name}\n")
+            mine[path.name] = digest
+        return path
+
+
+def write_txt(image: str, tags: list[str], overwrite: bool = False) -> Path:
+    return SidecarWriter(["txt"], overwrite=overwrite).write_txt(image, tags)
+
+
+_DTD = re.compile(rb"<!DOCTYPE|<!ENTITY", re.IGNORECASE)
+_CONTAINERS = ("Bag", "Seq", "Alt")
+
+
+def _parse(existing: bytes) -> ET.Element:
+    """The XMP's root element, comments kept; a DTD (entity expansion, external entities) is refused."""
+    if _DTD.search(existing):
+        raise ValueError("has a DTD (<!DOCTYPE>/<!ENTITY>), which XMP never needs; left untouched")
+    parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
+    parser.feed(existing)
+    return parser.close()
+
+
+def _container(descs: list[ET.Element], prop: str) -> ET.Element:
+    """The rdf:Bag/Seq/Alt of ``prop`` (dc:subject, lr:hierarchicalSubject) in whichever
+    description holds it; a new Bag in the first description if none does."""
+    for desc in descs:
+        el = desc.find(prop)
+        if el is not None:
+            for kind in _CONTAINERS:
+                box = el.find(_q("rdf", kind))
+                if box is not None:
+                    return box
+            text = (el.text or "").strip()  # a single value written as text: make it a Bag
+            el.text = None
+            box = ET.SubElement(el, _q("rdf", "Bag"))
+            if text:
+                ET.SubElement(box, _q("rdf", "li")).text = text
+            return box
+    return ET.SubElement(ET.SubElement(descs[0], prop), _q("rdf", "Bag"))
+
+
+def _items(box: ET.Element) -> list[ET.Element]:
+    return box.findall(_q("rdf", "li"))
 
 
 def merge_xmp(existing: bytes | None, tags: list[str]) -> bytes:
-    """Add the tags to dc:subject and lr:hierarchicalSubject (CSRA|tag), keeping everything else."""
-    if existing:
-        root = ET.fromstring(existing)
+    """Put the tags in dc:subject and lr:hierarchicalSubject (CSRA|tag): the user's keywords and
+    everything else stay, csra's earlier keywords are replaced."""
+    if existing and existing.strip():
+        root = _parse(existing)
         if root.tag == _q("rdf", "RDF"):  # a bare RDF document: wrap it the standard way
             meta = ET.Element(_q("x", "xmpmeta"))
             meta.append(root)
             root = meta
     else:
         root = ET.Element(_q("x", "xmpmeta"))
-    rdf = root.find(_q("rdf", "RDF"))
+    rdf = root if root.tag == _q("rdf", "RDF") else root.find(_q("rdf", "RDF"))
     if rdf is None:
         rdf = ET.SubElement(root, _q("rdf", "RDF"))
-    desc = rdf.find(_q("rdf", "Description"))
-    if desc is None:
-        desc = ET.SubElement(rdf, _q("rdf", "Description"), {_q("rdf", "about"): ""})
-    _merge_items(_bag(desc, _q("dc", "subject")), tags)
-    _merge_items(_bag(desc, _q("lr", "hierarchicalSubject")), [f"{HIERARCHY_ROOT}|{t}" for t in tags])
+    descs = rdf.findall(_q("rdf", "Description"))
+    if not descs:
+        descs = [ET.SubElement(rdf, _q("rdf", "Description"), {_q("rdf", "about"): ""})]
+    hier = _container(descs, _q("lr", "hierarchicalSubject"))
+    subject = _container(descs, _q("dc", "subject"))
+    prefix = HIERARCHY_ROOT + "|"
+    stale = {(li.text or "")[len(prefix):] for li in _items(hier) if (li.text or "").startswith(prefix)}
+    for box, is_csra in ((hier, lambda t: t.startswith(prefix)), (subject, lambda t: t in stale)):
+        for li in _items(box):
+            if is_csra(li.text or ""):
+                box.remove(li)
+    for box, values in ((subject, tags), (hier, [prefix + t for t in tags])):
+        have = {li.text or "" for li in _items(box)}
+        for v in values:
+            if v not in have:
+                ET.SubElement(box, _q("rdf", "li")).text = v
+                have.add(v)
     ET.indent(root, space=" ")
     body = ET.tostring(root, encoding="unicode")
     return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n' + body +
@@ -102,9 +208,13 @@ def merge_xmp(existing: bytes | None, tags: list[str]) -> bytes:
 def write_xmp(image: str, tags: list[str], naming: str = "full") -> Path:
     path = xmp_sidecar_path(image, naming)
     existing = path.read_bytes() if path.exists() else None
+    if existing is not None and looks_like_image(str(path)):
+        raise ValueError(f"{path} is an image; a sidecar never replaces one")
     try:
         data = merge_xmp(existing, tags)
     except ET.ParseError as exc:
         raise ValueError(f"{path}: existing XMP is not valid XML ({exc}); left untouched") from exc
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     atomic_write_bytes(path, data)
     return path

@@ -5,17 +5,26 @@ flushed per batch). When the run ends the output is rendered from the journal in
 file and renamed into place, so the output is always complete or absent; after Ctrl-C or
 kill -9, ``--resume`` continues from the journal (or from a finished output) and the final file
 holds every image exactly once.
+
+One run at a time per output: a second run on the same ``--out`` is refused (an exclusive
+``flock`` on ``.NAME.lock``). Finished images are known by their normalised absolute path, so
+``photos``, ``./photos`` and ``/abs/photos`` resume the same run; records keep the path as given.
+File names that are not UTF-8 travel losslessly: raw bytes in the journal and CSV
+(surrogateescape), ``\\udcXX`` escapes in JSON. CSV cells that a spreadsheet would run as a
+formula (``= + - @``, tab, CR) get a leading ``'`` (the JSON outputs keep the exact path).
 """
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
-from ..fileio import atomic_temp
+from ..errors import CSRAError
+from ..fileio import atomic_temp, fsync_dir, fsync_file, temp_leftovers
 
 FORMATS = ("csv", "json", "jsonl", "sqlite")
 SQLITE_EXTS = ("sqlite", "sqlite3", "db")
@@ -51,6 +60,41 @@ def make_record(path: str, tags: list[str], scores: dict[str, float], error: str
     return rec
 
 
+def path_key(path: str) -> str:
+    """What identifies an image across runs: its normalised absolute path."""
+    return os.path.normpath(os.path.abspath(path))
+
+
+class DoneSet(set):
+    """Keys of finished images; ``path in done`` normalises the path first."""
+
+    def __contains__(self, path) -> bool:
+        return set.__contains__(self, path_key(path))
+
+
+def to_json(obj) -> str:
+    """JSON text that is valid UTF-8: names that are not (surrogateescape) become escapes."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj)
+    return text
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(text: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: ``'`` before a formula start (and before
+    a leading ``'`` itself, so reading back is exact)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_uncell(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
+
+
 def public_record(rec: dict) -> dict:
     """The JSON shape: path, tags, scores (tag -> score; every class with --scores), error."""
     scores = rec.get("all_scores") or rec["scores"]
@@ -61,10 +105,10 @@ class CSVRenderer:
     def __init__(self, fh: TextIO, classes: list[str] | None):
         self.classes = classes
         self.writer = csv.writer(fh, lineterminator="\n")
-        self.writer.writerow(["path", "tags", "error"] + (classes or []))
+        self.writer.writerow(["path", "tags", "error"] + [csv_cell(c) for c in classes or []])
 
     def write(self, rec: dict) -> None:
-        row = [rec["path"], ";".join(rec["tags"]), rec["error"] or ""]
+        row = [csv_cell(rec["path"]), csv_cell(";".join(rec["tags"])), csv_cell(rec["error"] or "")]
         if self.classes:
             scores = rec.get("all_scores") or {}
             row += ["" if c not in scores else f"{scores[c]:.6f}" for c in self.classes]
@@ -79,7 +123,7 @@ class JSONLRenderer:
         self.fh = fh
 
     def write(self, rec: dict) -> None:
-        self.fh.write(json.dumps(public_record(rec), ensure_ascii=False) + "\n")
+        self.fh.write(to_json(public_record(rec)) + "\n")
 
     def close(self) -> None:
         pass
@@ -93,7 +137,7 @@ class JSONRenderer:
         fh.write("[")
 
     def write(self, rec: dict) -> None:
-        self.fh.write(("\n" if self.first else ",\n") + json.dumps(public_record(rec), ensure_ascii=False))
+        self.fh.write(("\n" if self.first else ",\n") + to_json(public_record(rec)))
         self.first = False
 
     def close(self) -> None:
@@ -107,9 +151,50 @@ def journal_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial.jsonl")
 
 
+def lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+class OutputLock:
+    """An exclusive lock on one output, so two runs never write it at once."""
+
+    def __init__(self, out: Path):
+        import fcntl
+
+        self.path, self.fd = lock_path(out), None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise CSRAError(f"another csra run is writing {out}; wait for it to finish "
+                                    f"(or give a different --out)") from None
+                raise
+            try:  # the previous holder may have removed the file between our open and flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held: nobody can lock a stale file
+            os.close(self.fd)
+            self.fd = None
+
+
+def open_journal(path: Path, mode: str) -> TextIO:
+    return open(path, mode, encoding="utf-8", errors="surrogateescape")
+
+
 def read_journal(path: Path) -> Iterator[dict]:
     """Records of a journal; a last line cut by a kill is skipped."""
-    with open(path, encoding="utf-8") as fh:
+    with open_journal(path, "r") as fh:
         for line in fh:
             if not line.endswith("\n"):
                 break
@@ -128,14 +213,16 @@ def read_output(path: Path, fmt: str) -> Iterator[dict]:
             yield make_record(p, tags, scores, error, all_scores, model, tagged_at)
         return
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            extra = [c for c in (reader.fieldnames or []) if c not in ("path", "tags", "error")]
-            for row in reader:
-                tags = [t for t in row["tags"].split(";") if t]
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            reader = csv.reader(fh)
+            header = [csv_uncell(c) for c in next(reader, [])]
+            extra = header[3:]
+            for cells in reader:
+                row = dict(zip(header, cells))
+                tags = [t for t in csv_uncell(row["tags"]).split(";") if t]
                 all_scores = {c: float(row[c]) for c in extra if row.get(c)} or None
                 scores = {t: (all_scores or {}).get(t) for t in tags}
-                yield make_record(row["path"], tags, scores, row["error"], all_scores)
+                yield make_record(csv_uncell(row["path"]), tags, scores, csv_uncell(row["error"]), all_scores)
         return
     text = path.read_text(encoding="utf-8")
     items = json.loads(text) if fmt == "json" else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
@@ -150,28 +237,61 @@ class FileSink:
     def __init__(self, out: Path, fmt: str, classes: list[str] | None, resume: bool, overwrite: bool):
         self.out, self.fmt, self.classes = out, fmt, classes
         self.journal = journal_path(out)
-        self.done: set[str] = set()
+        self.done = DoneSet()
+        self.retrying = 0  # images whose earlier attempt failed, tried again on --resume
         if out.is_dir():
             raise ValueError(f"--out {out}: is a directory; give a file name such as {out / 'tags.csv'}")
         if not out.parent.exists():
             raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
+        self.lock = OutputLock(out)
+        try:
+            for tmp in temp_leftovers(out):  # a run killed while rendering; we hold the lock
+                tmp.unlink(missing_ok=True)
+            self._prepare(resume, overwrite)
+            self.fh = open_journal(self.journal, "a")
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _prepare(self, resume: bool, overwrite: bool) -> None:
+        out = self.out
         if resume:
             if not self.journal.exists() and out.exists():
-                self._seed_journal(read_output(out, fmt))
+                self._rewrite_journal(read_output(out, self.fmt))
             if self.journal.exists():
                 self._truncate_partial_line()
-                self.done = {r["path"] for r in read_journal(self.journal)}
+                if any(r["error"] for r in read_journal(self.journal)):
+                    self._rewrite_journal(read_journal(self.journal))
+                for r in read_journal(self.journal):
+                    set.add(self.done, r.get("key") or path_key(r["path"]))
         else:
             if (out.exists() or self.journal.exists()) and not overwrite:
                 what = out if out.exists() else self.journal
                 raise FileExistsError(f"{what} exists; use --overwrite to replace it or --resume to continue it")
             self.journal.unlink(missing_ok=True)
-        self.fh = open(self.journal, "a", encoding="utf-8")
 
-    def _seed_journal(self, records: Iterable[dict]) -> None:
-        with open(self.journal, "w", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    def _rewrite_journal(self, records: Iterable[dict]) -> None:
+        """The journal holding ``records`` less the failures (--resume tries those again),
+        replaced atomically."""
+        fd, tmp = atomic_temp(self.journal)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
+                for r in records:
+                    if r["error"]:
+                        self.retrying += 1
+                        continue
+                    fh.write(self._journal_line(r))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.journal)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _journal_line(rec: dict) -> str:
+        rec = rec if "key" in rec else {**rec, "key": path_key(rec["path"])}
+        return json.dumps(rec, ensure_ascii=False) + "\n"
 
     def _truncate_partial_line(self) -> None:
         data = self.journal.read_bytes()
@@ -180,13 +300,13 @@ class FileSink:
                 fh.truncate(data.rfind(b"\n") + 1)
 
     def write(self, rec: dict) -> None:
-        self.fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.fh.write(self._journal_line(rec))
 
     def flush(self) -> None:
         self.fh.flush()
 
     def close(self) -> None:
-        """Render the journal into the output atomically, then drop the journal."""
+        """Render the journal into the output atomically and durably, then drop the journal."""
         self.fh.close()
         fd, tmp = atomic_temp(self.out)
         try:
@@ -195,22 +315,31 @@ class FileSink:
                 from .sqlite_db import write_db
 
                 write_db(tmp, read_journal(self.journal))
+                fsync_file(tmp)
             else:
-                with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
                     renderer = RENDERERS[self.fmt](fh, self.classes)
                     for rec in read_journal(self.journal):
                         renderer.write(rec)
                     renderer.close()
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, self.out)
+            fsync_dir(self.out.parent)  # the rename is on disk before the journal goes
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         self.journal.unlink(missing_ok=True)
+        self.lock.release()
 
     def abort(self) -> None:
         """Interrupted: keep the journal for --resume."""
-        self.fh.flush()
-        self.fh.close()
+        try:
+            if not self.fh.closed:
+                self.fh.flush()
+                self.fh.close()
+        finally:
+            self.lock.release()
 
 
 class StreamSink:
@@ -218,7 +347,12 @@ class StreamSink:
 
     def __init__(self, fmt: str, classes: list[str] | None, stream: TextIO | None = None):
         self.stream = stream or sys.stdout
-        self.done: set[str] = set()
+        self.done = DoneSet()
+        self.retrying = 0
+        try:  # names that are not UTF-8 go out as the bytes they are (CSV; JSON escapes them)
+            self.stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError):
+            pass
         self.renderer = RENDERERS[fmt](self.stream, classes)
 
     def write(self, rec: dict) -> None:

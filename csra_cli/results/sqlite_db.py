@@ -7,6 +7,7 @@ It is written at the end of a run from the journal, like the text formats.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -26,6 +27,15 @@ CREATE INDEX scores_image ON scores(image_id);
 """
 
 
+def _path_cell(path: str) -> str | bytes:
+    """A file name as SQLite stores it: text, or its raw bytes (a BLOB) when it is not valid UTF-8."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
 def write_db(path: str | Path, records: Iterable[dict]) -> None:
     """A fresh database at ``path`` (an empty file or none) with these records, in their order."""
     con = sqlite3.connect(path)
@@ -34,7 +44,7 @@ def write_db(path: str | Path, records: Iterable[dict]) -> None:
         with con:
             for i, rec in enumerate(records, 1):
                 con.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?)",
-                            (i, rec["path"], rec.get("error") or None, rec.get("model"), rec.get("tagged_at")))
+                            (i, _path_cell(rec["path"]), rec.get("error") or None, rec.get("model"), rec.get("tagged_at")))
                 con.executemany("INSERT INTO tags VALUES (?, ?, ?)",
                                 [(i, t, rec["scores"].get(t)) for t in rec["tags"]])
                 if rec.get("all_scores"):
@@ -59,6 +69,8 @@ def read_db(path: str | Path) -> Iterator[tuple[str, list[str], dict, str, dict 
         for image_id, p, error, model, tagged_at in con.execute(
                 "SELECT id, path, error, model, tagged_at FROM images ORDER BY id"):
             given = tags.get(image_id, [])
+            if isinstance(p, bytes):
+                p = os.fsdecode(p)
             yield (p, [t for t, _ in given], dict(given), error or "", every.get(image_id), model, tagged_at)
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{path}: not a csra SQLite output ({exc})") from None
