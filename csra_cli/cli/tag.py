@@ -71,7 +71,9 @@ def tag(
     set_threads()
     runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
     names = runner.card.classes
-    per_class = np.array(runner.card.class_thresholds(threshold), dtype=np.float64)
+    # --threshold sets every class; the card's per-class thresholds apply only without a flag
+    per_class = (np.full(len(names), threshold, dtype=np.float64) if threshold is not None
+                 else np.array(runner.card.class_thresholds(), dtype=np.float64))
     if thresholds:
         table = read_thresholds_file(thresholds, names)
         per_class = np.array([table.get(c, t) for c, t in zip(names, per_class)])
