@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -10,8 +11,8 @@ import typer
 from ..console import err, error, warn
 from ..errors import CSRAError
 from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt,
-                  DeviceOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, WorkersOpt, app, handle_errors,
-                  resolve_workers, runner_for)
+                  DeviceOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, TopKOpt, WorkersOpt, app,
+                  check_inputs_exist, check_output, handle_errors, in_range, resolve_workers, runner_for)
 
 
 @app.command()
@@ -25,12 +26,12 @@ def tag(
     heads: HeadsOpt = None,
     lam: LamOpt = None,
     class_names: ClassNamesOpt = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="One threshold for every class (default: the model card's, per class where it has them).")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1), help="One threshold for every class (default: the model card's, per class where it has them).")] = None,
     thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Per-class thresholds: JSON {class: t} or CSV class,threshold.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="At most K tags per image, best first.")] = None,
+    top_k: TopKOpt = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Only these classes (comma-separated).")] = None,
     scores: Annotated[bool, typer.Option("--scores", help="Add every class's score to each record.")] = False,
-    sidecar: Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars.")] = [],  # noqa: B006
+    sidecar: Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars: --sidecar txt,xmp or the flag twice.")] = [],  # noqa: B006
     xmp_name: Annotated[str, typer.Option("--xmp-name", help="full: photo.jpg.xmp, stem: photo.xmp.")] = "full",
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")] = True,
     batch_size: BatchSizeOpt = 16,
@@ -55,9 +56,10 @@ def tag(
     from ..results.sidecars import write_txt, write_xmp
     from ..results.sinks import FileSink, StreamSink, format_for
 
+    sidecar = [s.strip() for value in sidecar for s in value.split(",") if s.strip()]
     for s in sidecar:
         if s not in ("txt", "xmp"):
-            raise CSRAError(f"--sidecar {s!r}: use txt or xmp")
+            raise CSRAError(f"--sidecar {s!r}: use txt, xmp or txt,xmp")
     if xmp_name not in ("full", "stem"):
         raise CSRAError("--xmp-name: use full or stem")
     if resume and out == "-":
@@ -67,9 +69,13 @@ def tag(
     if inputs.count("-") > 1:
         raise CSRAError("'-' (stdin) may be given once")
     fmt = format_for(out, fmt)
+    check_inputs_exist(inputs)
+    check_output(out)
+    started = time.time()
     workers = resolve_workers(workers)
     set_threads()
     runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
+    preparing = time.time() - started  # loading, and a first-use ONNX export: part of the elapsed time
     names = runner.card.classes
     # --threshold sets every class; the card's per-class thresholds apply only without a flag
     per_class = (np.full(len(names), threshold, dtype=np.float64) if threshold is not None
@@ -120,11 +126,11 @@ def tag(
     if stats.tagged + stats.failed + stats.skipped == 0:
         warn("no images found in the inputs")
     if not quiet:
-        print_tag_summary(stats, out)
+        print_tag_summary(stats, out, preparing)
     raise typer.Exit(EXIT_SOME_FAILED if stats.failed else EXIT_OK)
 
 
-def print_tag_summary(stats, out: str) -> None:
+def print_tag_summary(stats, out: str, preparing: float = 0.0) -> None:
     from rich.table import Table
 
     table = Table(title="csra tag", show_header=False)
@@ -132,7 +138,8 @@ def print_tag_summary(stats, out: str) -> None:
     table.add_row("failed", str(stats.failed))
     if stats.skipped:
         table.add_row("already done (resume)", str(stats.skipped))
-    table.add_row("elapsed", f"{stats.elapsed:.1f} s")
+    table.add_row("elapsed", f"{stats.elapsed + preparing:.1f} s"
+                  + (f" ({preparing:.1f} s preparing the model)" if preparing >= 1 else ""))
     table.add_row("images/s", f"{stats.rate:.1f}")
     table.add_row("output", "stdout" if out == "-" else out)
     err.print(table)

@@ -98,6 +98,9 @@ def cached_onnx(model) -> str:
     path = cache_dir() / "onnx" / f"{model.card.name}-{_graph_digest(model)}.onnx"
     if path.is_file():
         return str(path)
+    from ..console import info
+
+    info("preparing the model for onnxruntime (one-time export, ~30 s)…")
     fd, tmp = atomic_temp(path, ".onnx")
     os.close(fd)
     try:
