@@ -46,6 +46,33 @@ def test_cli_export_metadata_and_onnx_backend_gives_the_same_tags(tmp_path, tiny
     assert [r["tags"] for r in ra] == [r["tags"] for r in rb]
     for x, y in zip(ra, rb):
         assert max(abs(x["scores"][c] - y["scores"][c]) for c in x["scores"]) < 1e-4
+    plain_onnxruntime_reproduces_csra(out, meta, tmp_path, tiny_model_path)
+
+
+def plain_onnxruntime_reproduces_csra(path, meta, tmp_path, model_path):
+    """Only the metadata and Pillow/numpy: the scores match csra's own (bicubic would not)."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    assert meta["color_order"] == "RGB" and meta["layout"] == "NCHW" and meta["scale"].startswith("1/255")
+    assert meta["interpolation"].startswith("bilinear") and meta["resize"] == "squash"
+    photo = make_image(tmp_path / "big.png", size=(210, 150))
+    size = int(meta["input_size"])
+
+    def scores(resample):
+        x = np.asarray(Image.open(photo).convert("RGB").resize((size, size), resample), dtype=np.float32) / 255
+        mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+        if mean is not None:
+            x = (x - np.float32(mean)) / np.float32(std)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = sess.run(None, {sess.get_inputs()[0].name: x.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
+        return 1 / (1 + np.exp(-logits))
+
+    res = runner.invoke(app, ["tag", str(photo), "--backend", "onnx", "-m", str(path), "-q", "--scores"])
+    csra = json.loads(res.stdout)["scores"]
+    ours = np.array([csra[c] for c in json.loads(meta["classes"])])
+    assert np.abs(scores(Image.BILINEAR) - ours).max() < 2e-6
+    assert np.abs(scores(Image.BICUBIC) - ours).max() > 1e-5
 
 
 def test_torchscript_export(tmp_path, tiny_model_path):
