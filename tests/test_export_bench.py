@@ -128,3 +128,25 @@ def test_auto_backend_uses_a_cached_verified_onnx_on_cpu(monkeypatch, isolated_h
         assert max(abs(x["scores"][c] - y["scores"][c]) for c in x["scores"]) < 1e-4
     runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q"], catch_exceptions=False)
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not exported again
+
+
+def test_a_failed_export_is_one_line_and_leaves_nothing(tmp_path, tiny_model_path, monkeypatch):
+    """An exporter or onnxruntime error (the fp16 + dynamic-size Cast mismatch) used to end in a
+    traceback and leave the broken .onnx behind for 'tag --model' to trip on."""
+    import csra_cli.engine.export as engine_export
+
+    def broken(model, path, *args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Type Error: Type (tensor(float16)) of output arg "
+                           "(x) of node (Cast_1) does not match expected type (tensor(float)).\nmore detail")
+
+    monkeypatch.setattr(engine_export, "verify_onnx", broken)
+    out = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_path), "-o", str(out), "--fp16",
+                              "--dynamic-size"])
+    assert res.exit_code == 1 and "onnx export failed, nothing written" in res.stderr and "Cast_1" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(engine_export, "verify_onnx", lambda *a, **k: {"ok": False, "max_abs_diff": 1.0,
+                                                                       "tolerance": 1e-4, "inputs": 2})
+    res = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_path), "-o", str(out)])
+    assert res.exit_code == 1 and "nothing written" in res.stderr and list(tmp_path.iterdir()) == []
