@@ -119,6 +119,7 @@ def test_auto_backend_uses_a_cached_verified_onnx_on_cpu(monkeypatch, isolated_h
                       catch_exceptions=False)
     cached = list((isolated_home / "onnx").glob("tiny-*.onnx"))
     assert a.exit_code == 0 and len(cached) == 1
+    assert "preparing the model for onnxruntime (one-time export" in a.stderr  # ~30 s of silence before
     stamp = cached[0].stat().st_mtime_ns
     b = runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q", "--scores",
                             "--backend", "torch"], catch_exceptions=False)
@@ -126,8 +127,9 @@ def test_auto_backend_uses_a_cached_verified_onnx_on_cpu(monkeypatch, isolated_h
     assert [r["tags"] for r in ra] == [r["tags"] for r in rb]
     for x, y in zip(ra, rb):
         assert max(abs(x["scores"][c] - y["scores"][c]) for c in x["scores"]) < 1e-4
-    runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q"], catch_exceptions=False)
+    c = runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q"], catch_exceptions=False)
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not exported again
+    assert "one-time export" not in c.stderr
 
 
 def test_a_failed_export_is_one_line_and_leaves_nothing(tmp_path, tiny_model_path, monkeypatch):
