@@ -105,5 +105,27 @@ def test_predict_and_preprocess(tiny_model_path):
     t = model.preprocess(img)
     assert t.shape == (3, 64, 64) and 0 <= t.min() and t.max() <= 1
     probs = model.predict([img, img])
-    assert probs.shape == (2, 20) and torch.all((probs >= 0) & (probs <= 1))
+    assert probs.shape == (2, 20) and ((probs >= 0) & (probs <= 1)).all()
     assert not model.training
+
+
+def test_predict_takes_paths_and_images_and_gives_the_clis_numpy_scores(tmp_path, tiny_model_path):
+    """The README's API: model.predict(["a.jpg"]) (it raised "'str' object has no attribute 'mode'")."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from csra_cli.cli import app
+
+    from .conftest import make_image
+
+    photo = make_image(tmp_path / "a.jpg", size=(300, 200))
+    model = load_model(str(tiny_model_path))
+    probs = model.predict([str(photo), photo, Image.open(photo)])
+    assert isinstance(probs, np.ndarray) and probs.dtype == np.float32 and probs.shape == (3, 20)
+    assert np.allclose(probs[0], probs[1]) and np.allclose(probs[0], probs[2], atol=1e-2)  # PIL: no JPEG draft
+    res = CliRunner().invoke(app, ["tag", str(photo), "-m", str(tiny_model_path), "-q", "--scores"])
+    cli = json.loads(res.stdout)["scores"]
+    assert np.allclose(probs[0], [cli[c] for c in model.classes], atol=2e-6)

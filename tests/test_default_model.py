@@ -52,3 +52,24 @@ def test_tagging_shared_voc_images_returns_their_true_classes(tmp_path):
     recs = [json.loads(ln) for ln in res.stdout.splitlines()]
     hits = sum(VOC_CLASSES[int(np.argmax(val.labels[i]))] in r["tags"] for i, r in zip(picks, recs))
     assert hits >= len(picks) - 1, recs
+
+
+@needs_voc
+def test_threshold_flag_overrides_the_cards_per_class_thresholds():
+    """The design card's command: --threshold sets every class's threshold on the shipped model
+    (it used to be ignored wherever the card has per-class thresholds)."""
+    photo = str(VOC / "VOC2007" / "JPEGImages" / "000009.jpg")  # a person on a horse
+
+    def tagged(*flags):
+        res = runner.invoke(app, ["tag", photo, "-q", "--scores", *flags], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        rec = json.loads(res.stdout)
+        return rec["tags"], rec["scores"]
+
+    default, scores = tagged()
+    low, _ = tagged("--threshold", "0.001")
+    high, _ = tagged("--threshold", "0.99")
+    assert low == sorted((c for c, s in scores.items() if s >= 0.001), key=lambda c: -scores[c])
+    assert high == [c for c in default if scores[c] >= 0.99]
+    assert len(low) > len(default) > len(high) >= 1
+    assert len(tagged("--threshold", "0")[0]) == 20

@@ -110,3 +110,34 @@ def test_coco_classes_map_onto_voc():
     data_cols, model_cols, left_data, left_model = match_classes(data, VOC_CLASSES, read_class_map("coco-to-voc"))
     assert len(model_cols) == 20 and not left_model and len(left_data) == 60
     assert data.classes[data_cols[model_cols.index(VOC_CLASSES.index("aeroplane"))]] == "airplane"
+
+
+def test_the_report_is_the_commands_data_on_stdout(tmp_path):
+    """`csra eval … > report.txt` used to give an empty file: the report went to stderr."""
+    lab = write_labels(tmp_path)
+    pd.DataFrame({"path": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "cat": [0.9, 0.2, 0.6, 0.7],
+                  "dog": [0.8, 0.9, 0.1, 0.3], "bird": [0.1] * 4}).to_csv(tmp_path / "s.csv", index=False)
+    base = ["eval", "--dataset", "csv", "--labels", lab, "--scores", tmp_path / "s.csv"]
+    res = invoke(*base)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert any(ln.split()[:2] == ["cat", "100.0"] for ln in lines)  # plain text rows, no table frame
+    assert any(ln.startswith("mAP 100.0") for ln in lines) and "┃" not in res.stdout and "│" not in res.stdout
+    assert "mAP" not in res.stderr
+    res = invoke(*base, "--json", "-")
+    assert res.exit_code == 0 and json.loads(res.stdout)["mAP"] == pytest.approx(100.0)  # the JSON alone
+    assert "mAP 100.0" in res.stderr
+
+
+def test_saved_scores_are_float32_exact(tmp_path):
+    """6 decimals made up ties and moved mAP when a scores file was evaluated again."""
+    from csra_cli.evaluation.scoring import read_scores, write_scores
+
+    rng = np.random.default_rng(0)
+    scores = rng.random((50, 3), dtype=np.float32) ** 8  # many tiny scores, where rounding bites
+    scores[3, 1] = np.nan
+    paths = [f"im{i}.jpg" for i in range(50)]
+    write_scores(str(tmp_path / "s.csv"), paths, ["a", "b", "c"], scores)
+    got_paths, classes, got = read_scores(str(tmp_path / "s.csv"))
+    assert got_paths == paths and classes == ["a", "b", "c"]
+    assert np.array_equal(got, scores, equal_nan=True)

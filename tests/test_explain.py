@@ -100,9 +100,24 @@ def test_cli_explain_and_bad_inputs(tmp_path, tiny_model_path):
     res = runner.invoke(app, ["explain", str(tmp_path / "s.jpg"), "-m", str(tiny_model_path), "-o",
                               str(tmp_path / "h"), "--class", "unicorn"])
     assert res.exit_code == 2 and "unknown unicorn" in res.stderr
-    res = runner.invoke(app, ["explain", str(tmp_path / "nope.jpg"), "-m", str(tiny_model_path), "-o",
-                              str(tmp_path / "h")])
-    assert res.exit_code == 1 and "nope.jpg" in res.stderr
+    # a named input that is not there is bad usage, found before the model loads (-m is never read)
+    res = runner.invoke(app, ["explain", str(tmp_path / "nope.jpg"), "-m", "no-such-model", "-o",
+                              str(tmp_path / "h2")])
+    assert res.exit_code == 2 and "nope.jpg: no such file" in res.stderr and not (tmp_path / "h2").exists()
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_explain_takes_folders_and_globs_like_tag(tmp_path, tiny_model_path):
+    (tmp_path / "in").mkdir()
+    scene().save(tmp_path / "in" / "s.jpg")
+    scene().save(tmp_path / "in" / "t.png")
+    for inputs, written in (([tmp_path / "in"], {"s_jpg_grid.png", "t_png_grid.png"}),
+                            ([tmp_path / "in" / "*.png"], {"t_png_grid.png"})):
+        out = tmp_path / f"h{len(written)}"
+        res = runner.invoke(app, ["explain", *map(str, inputs), "-m", str(tiny_model_path), "-o", str(out),
+                                  "--top-k", "1"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert {p.name for p in out.glob("*_grid.png")} == written
 
 
 def test_vit_maps_have_the_patch_grid():

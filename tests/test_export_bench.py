@@ -46,6 +46,33 @@ def test_cli_export_metadata_and_onnx_backend_gives_the_same_tags(tmp_path, tiny
     assert [r["tags"] for r in ra] == [r["tags"] for r in rb]
     for x, y in zip(ra, rb):
         assert max(abs(x["scores"][c] - y["scores"][c]) for c in x["scores"]) < 1e-4
+    plain_onnxruntime_reproduces_csra(out, meta, tmp_path, tiny_model_path)
+
+
+def plain_onnxruntime_reproduces_csra(path, meta, tmp_path, model_path):
+    """Only the metadata and Pillow/numpy: the scores match csra's own (bicubic would not)."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    assert meta["color_order"] == "RGB" and meta["layout"] == "NCHW" and meta["scale"].startswith("1/255")
+    assert meta["interpolation"].startswith("bilinear") and meta["resize"] == "squash"
+    photo = make_image(tmp_path / "big.png", size=(210, 150))
+    size = int(meta["input_size"])
+
+    def scores(resample):
+        x = np.asarray(Image.open(photo).convert("RGB").resize((size, size), resample), dtype=np.float32) / 255
+        mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+        if mean is not None:
+            x = (x - np.float32(mean)) / np.float32(std)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = sess.run(None, {sess.get_inputs()[0].name: x.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
+        return 1 / (1 + np.exp(-logits))
+
+    res = runner.invoke(app, ["tag", str(photo), "--backend", "onnx", "-m", str(path), "-q", "--scores"])
+    csra = json.loads(res.stdout)["scores"]
+    ours = np.array([csra[c] for c in json.loads(meta["classes"])])
+    assert np.abs(scores(Image.BILINEAR) - ours).max() < 2e-6
+    assert np.abs(scores(Image.BICUBIC) - ours).max() > 1e-5
 
 
 def test_torchscript_export(tmp_path, tiny_model_path):
@@ -92,6 +119,7 @@ def test_auto_backend_uses_a_cached_verified_onnx_on_cpu(monkeypatch, isolated_h
                       catch_exceptions=False)
     cached = list((isolated_home / "onnx").glob("tiny-*.onnx"))
     assert a.exit_code == 0 and len(cached) == 1
+    assert "preparing the model for onnxruntime (one-time export" in a.stderr  # ~30 s of silence before
     stamp = cached[0].stat().st_mtime_ns
     b = runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q", "--scores",
                             "--backend", "torch"], catch_exceptions=False)
@@ -99,5 +127,28 @@ def test_auto_backend_uses_a_cached_verified_onnx_on_cpu(monkeypatch, isolated_h
     assert [r["tags"] for r in ra] == [r["tags"] for r in rb]
     for x, y in zip(ra, rb):
         assert max(abs(x["scores"][c] - y["scores"][c]) for c in x["scores"]) < 1e-4
-    runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q"], catch_exceptions=False)
+    c = runner.invoke(app, ["tag", str(image_folder), "-m", str(tiny_model_path), "-q"], catch_exceptions=False)
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not exported again
+    assert "one-time export" not in c.stderr
+
+
+def test_a_failed_export_is_one_line_and_leaves_nothing(tmp_path, tiny_model_path, monkeypatch):
+    """An exporter or onnxruntime error (the fp16 + dynamic-size Cast mismatch) used to end in a
+    traceback and leave the broken .onnx behind for 'tag --model' to trip on."""
+    import csra_cli.engine.export as engine_export
+
+    def broken(model, path, *args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Type Error: Type (tensor(float16)) of output arg "
+                           "(x) of node (Cast_1) does not match expected type (tensor(float)).\nmore detail")
+
+    monkeypatch.setattr(engine_export, "verify_onnx", broken)
+    out = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_path), "-o", str(out), "--fp16",
+                              "--dynamic-size"])
+    assert res.exit_code == 1 and "onnx export failed, nothing written" in res.stderr and "Cast_1" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(engine_export, "verify_onnx", lambda *a, **k: {"ok": False, "max_abs_diff": 1.0,
+                                                                       "tolerance": 1e-4, "inputs": 2})
+    res = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_path), "-o", str(out)])
+    assert res.exit_code == 1 and "nothing written" in res.stderr and list(tmp_path.iterdir()) == []

@@ -57,7 +57,7 @@ def test_download_verifies_sha256_and_loads_by_name(tmp_path, monkeypatch, file_
     assert res.exit_code == 0 and "dl-test" in res.stdout
     listed = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
     assert listed[0]["installed"] is None
-    res = runner.invoke(app, ["tag", "x.jpg", "-m", "dl-test"])
+    res = runner.invoke(app, ["tag", str(tmp_path), "-m", "dl-test"])
     assert res.exit_code == 2 and "csra models download dl-test" in res.stderr
     res = runner.invoke(app, ["models", "download", "dl-test"], catch_exceptions=False)
     assert res.exit_code == 0 and "verified sha256" in res.stderr
@@ -115,3 +115,16 @@ def test_shipped_registry_lists_official_releases():
     assert rows["resnet101-voc07"]["heads"] == 1 and rows["resnet101-voc07"]["mAP"] == 94.7
     assert rows["resnet101-coco"]["heads"] == 4 and rows["resnet-cut-coco"]["heads"] == 6
     assert rows["vit-b16-wider"]["arch"] == "vit_b16"
+
+
+def test_models_table_never_cuts_names_and_json_has_the_whole_registry():
+    from csra_cli.models import registry
+
+    res = runner.invoke(app, ["models"], env={"COLUMNS": "80"}, catch_exceptions=False)
+    assert res.exit_code == 0 and "…" not in res.stdout
+    assert max(map(len, res.stdout.splitlines())) <= 80
+    for e in registry.entries():
+        assert f" {e['name']} " in res.stdout, e["name"]
+    rows = {r["name"]: r for r in json.loads(runner.invoke(app, ["models", "--json"]).stdout)}
+    for e in registry.entries():
+        assert {k: rows[e["name"]][k] for k in e} == e  # every registry field, for scripts

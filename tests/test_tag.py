@@ -259,3 +259,83 @@ def test_outputs_get_ordinary_permissions(tmp_path, image_folder, tiny_model_pat
     assert tag(image_folder, "-o", out, "-m", tiny_model_path, "-q", "--sidecar", "txt").exit_code == 0
     assert out.stat().st_mode & 0o777 == umask_mode()
     assert (image_folder / "a.txt").stat().st_mode & 0o777 == umask_mode()
+
+
+def test_missing_inputs_are_refused_before_any_model_work(tmp_path, image_folder):
+    """The README's first command in a fresh clone: no ./photos. One line, exit 2, nothing written;
+    the (unknown) model is never looked at, so no first-use export runs either."""
+    out = tmp_path / "tags.csv"
+    res = tag(tmp_path / "holiday", "--out", out, "-m", "no-such-model")
+    assert res.exit_code == 2 and "holiday: no such file or folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and [p.name for p in tmp_path.iterdir()] == ["photos"]
+    res = tag(image_folder, tmp_path / "nope.jpg", "--out", out, "-m", "no-such-model")
+    assert res.exit_code == 2 and "nope.jpg" in res.stderr and not out.exists()
+    bench = runner.invoke(app, ["bench", "--images", str(tmp_path / "nowhere"), "--json"])
+    assert bench.exit_code == 2 and "--images" in bench.stderr and not bench.stdout
+
+
+def test_values_that_make_no_sense_are_one_line_usage_errors(tmp_path, image_folder, tiny_model_path):
+    bad_file = tmp_path / "th.json"
+    bad_file.write_text('{"car": 5}')
+    for args, needle in [(["--threshold", "1.5"], "--threshold 1.5: must be between 0 and 1"),
+                         (["--threshold", "-1"], "--threshold -1"),
+                         (["--workers", "-5"], "--workers -5: must be at least -1"),
+                         (["--batch-size", "0"], "--batch-size 0"),
+                         (["--top-k", "0"], "--top-k 0"),
+                         (["--classes", ""], "--classes: give at least one class"),
+                         (["--thresholds", bad_file], "car: 5")]:
+        res = tag(image_folder, "-m", tiny_model_path, "-q", *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+
+
+def test_official_checkpoint_without_its_settings_says_which_flags(tmp_path, tiny_model_path):
+    from csra_cli import load_model
+
+    pth = tmp_path / "official.pth"
+    torch = pytest.importorskip("torch")
+    torch.save(load_model(str(tiny_model_path)).state_dict(), pth)
+    make_image(tmp_path / "a.png")
+    res = tag(tmp_path / "a.png", "-m", pth, "-q", "--heads", "2")
+    assert res.exit_code == 0, res.output
+    assert "--lam" in res.stderr and "--class-names" in res.stderr and "class_" in res.stdout
+    res = tag(tmp_path / "a.png", "-m", pth, "-q", "--heads", "2", "--lam", "0.3", "--class-names", "voc")
+    assert res.exit_code == 0 and "warning" not in res.stderr
+
+
+def test_one_rule_for_output_folders(tmp_path, tiny_model_path, image_folder):
+    """A missing parent folder is refused by every command, and nothing is created."""
+    missing = tmp_path / "nodir"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,tags\n" + f"{image_folder / 'a.jpg'},cat\n")
+    m = ["-m", str(tiny_model_path)]
+    for args in (["tag", str(image_folder), "--out", str(missing / "x.csv"), *m],
+                 ["eval", "--dataset", "csv", "--labels", str(labels), "--json", str(missing / "r.json"), *m],
+                 ["eval", "--dataset", "csv", "--labels", str(labels), "--save-scores", str(missing / "s.csv"), *m],
+                 ["eval", "--dataset", "csv", "--labels", str(labels), "--calibrate", str(missing / "t.json"), *m],
+                 ["export", "--onnx", "--out", str(missing / "x.onnx"), *m],
+                 ["explain", str(image_folder / "a.jpg"), "--out", str(missing / "heatmaps"), *m],
+                 ["train", "--dataset", "csv", "--labels", str(labels), "--out", str(missing / "run")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert f"the folder {missing} does not exist" in res.stderr, (args, res.stderr)
+        assert not missing.exists(), args
+
+
+def test_sidecar_accepts_the_comma_form(tmp_path, tiny_model_path):
+    make_image(tmp_path / "p" / "a.jpg")
+    res = tag(tmp_path / "p", "-m", tiny_model_path, "-q", "--threshold", "0", "--top-k", "1",
+              "--sidecar", "txt,xmp", "-o", tmp_path / "o.csv")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p" / "a.txt").exists() and (tmp_path / "p" / "a.jpg.xmp").exists()
+    assert tag(tmp_path / "p", "-m", tiny_model_path, "--sidecar", "txt,pdf").exit_code == 2
+
+
+def test_help_shows_plain_metavars_and_whole_sentences():
+    res = runner.invoke(app, ["tag", "--help"], env={"COLUMNS": "200"}, catch_exceptions=False)
+    assert res.exit_code == 0
+    for internal in ("<bool>", "<list[str]>", "<str>", "<int", "range", "[x>="):
+        assert internal not in res.stdout, internal
+    assert "--top-k" in res.stdout and "INPUTS" in res.stdout
+    # the docstring's second paragraph is wrapped in the source, not in --help
+    assert "some images could not be read (see their error records), 2 bad usage" in res.stdout

@@ -48,6 +48,8 @@ def test_train_a_few_steps_writes_a_usable_model(tmp_path):
     assert set(card.thresholds) == {"blue", "red"} and card.metrics["num_images"] == 24
     assert len(card.training["history"]) == 3 and "val_mAP" in card.training["history"][-1]
     assert (out / "checkpoint.pt").exists()
+    # the README's train -> tag flow: the model is found by its name
+    assert load_model("toy").card.classes == ["blue", "red"] and "--model toy" in res.stderr
     # the features were cached: a second run with --resume reuses them and trains nothing more
     res2 = runner.invoke(app, [str(a) for a in args] + ["--resume"], catch_exceptions=False)
     assert res2.exit_code == 0 and "reusing cache" in res2.output
@@ -92,6 +94,12 @@ def test_train_refuses_bad_settings(tmp_path):
     res = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--freeze-backbone",
                               "--trainable-stages", "2"])
     assert res.exit_code == 2 and "contradict" in res.stderr
+    for flag, value in (("--epochs", "0"), ("--batch-size", "0"), ("--workers", "-1")):
+        res = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), flag, value,
+                                  "--out", str(tmp_path / "run")])
+        assert res.exit_code == 2 and f"{flag} {value}: must be" in res.stderr and not (tmp_path / "run").exists()
+    res = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--name", "../x"])
+    assert res.exit_code == 2 and "--name" in res.stderr
 
 
 def test_feature_cache_key_ignores_memory_format():

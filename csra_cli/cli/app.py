@@ -10,15 +10,79 @@ import os
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from ..console import error
 from ..errors import CSRAError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Tag images with CSRA multi-label models: tag, eval, train, export, bench, explain, models.")
-models_app = typer.Typer(no_args_is_help=False, invoke_without_command=True,
-                         help="List, inspect, download and import models.")
+
+
+def _plain_metavar(param) -> str:
+    """What a value looks like in --help: TEXT, N, NUMBER, PATH; nothing for on/off flags."""
+    from typing import get_args
+
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return ""
+    if param.param_type_name == "argument":
+        param.display_type_rich = lambda ctx: None  # the name says it all; no "<list[str]>" column
+        return param.name.upper()
+    desc = param.type_descriptor
+    kind = (get_args(desc.annotation) or (str,))[0] if desc.is_list else desc.annotation
+    if desc.is_path:
+        return "PATH"
+    return {int: "N", float: "NUMBER"}.get(kind, "TEXT")
+
+
+def _unwrap(text: str | None) -> str | None:
+    """Docstrings are wrapped for the source; --help rewraps each paragraph to the terminal."""
+    import inspect
+
+    if not text:
+        return text
+    return "\n\n".join(" ".join(par.split()) for par in inspect.cleandoc(text).split("\n\n"))
+
+
+def _tidy_help(command) -> None:
+    command.help = _unwrap(command.help)
+    for param in command.params:
+        if param.metavar is None:
+            param.metavar = _plain_metavar(param)
+
+
+class _TidyHelp:
+    """--help with plain metavars and unwrapped docstrings (mixed into the command classes)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _tidy_help(self)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_TidyHelp, TyperCommand):
+    pass
+
+
+class Group(_TidyHelp, TyperGroup):
+    pass
+
+
+class App(typer.Typer):
+    """Every command of the app gets the tidy --help (``Command``)."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or Command, **kwargs)
+
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=Group,
+          help="Tag images with CSRA multi-label models: tag, eval, train, export, bench, explain, models.")
+models_app = App(no_args_is_help=False, invoke_without_command=True, cls=Group,
+                 help="List, inspect, download and import models.")
 app.add_typer(models_app, name="models")
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -67,14 +131,68 @@ def resolve_workers(workers: int) -> int:
     return default_workers() if workers < 0 else workers
 
 
+def usage_error(message: str):
+    """Bad usage found while parsing: one line on stderr, exit 2 (Typer's own errors draw a box)."""
+    error(message)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def in_range(flag: str, low: float | None = None, high: float | None = None):
+    """An option callback refusing values outside [low, high] with one line."""
+
+    def check(value):
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            bounds = (f"between {low:g} and {high:g}" if low is not None and high is not None
+                      else f"at least {low:g}" if low is not None else f"at most {high:g}")
+            usage_error(f"{flag} {value:g}: must be {bounds}")
+        return value
+
+    return check
+
+
+def check_inputs_exist(inputs: list[str], flag: str = "") -> None:
+    """A named file or folder that is not there is bad usage, found before any model work;
+    glob patterns may match nothing (that is a warning while tagging)."""
+    name = f"{flag} " if flag else ""
+    for arg in inputs:
+        if arg != "-" and not os.path.lexists(arg) and not set("*?[") & set(arg):
+            raise CSRAError(f"{name}{arg}: no such file or folder")
+
+
+def check_output(path, flag: str = "--out") -> None:
+    """The one rule for outputs (files and folders alike): their parent folder must exist, so a
+    typo never creates folders; a folder csra chooses by default is created."""
+    from pathlib import Path
+
+    if path is None or str(path) == "-":
+        return
+    parent = Path(path).expanduser().absolute().parent
+    if not parent.is_dir():
+        raise CSRAError(f"{flag} {path}: the folder {parent} does not exist")
+
+
+def warn_official_settings(model: str | None, lam, class_names) -> None:
+    """An official .pth does not record λ or its class names: say which flags supply them."""
+    from pathlib import Path
+
+    from ..console import warn
+
+    if not model or Path(model).suffix not in (".pth", ".pt", ".bin", ".ckpt") or not Path(model).is_file():
+        return
+    missing = [f for f, v in (("--lam (else 0.1)", lam), ("--class-names voc|coco|wider|a,b,c|FILE "
+                                                           "(else tags are class_0, class_1, …)", class_names))
+               if v is None]
+    if missing:
+        warn(f"{model} is an official checkpoint that does not record its settings; pass " + " and ".join(missing))
+
+
 def _check_device(value: str) -> str:
     from ..engine.device import parse_device
 
     try:
         return parse_device(value)
     except CSRAError as exc:  # one line, like every other usage error
-        error(str(exc))
-        raise typer.Exit(EXIT_USAGE) from None
+        usage_error(str(exc))
 
 
 # ----------------------------------------------------------------------------- shared options
@@ -92,8 +210,12 @@ PrecisionOpt = Annotated[str, typer.Option(
     help="auto (fp16/bf16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
 BackendOpt = Annotated[str, typer.Option(
     help="auto (onnxruntime on CPU, PyTorch on GPU), torch, or onnx with --model FILE.onnx.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Decoding processes (-1: cores - 1, at most 4).")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", callback=in_range("--batch-size", 1),
+                                            help="Images per model call.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-j", callback=in_range("--workers", -1),
+                                         help="Decoding processes (-1: cores - 1, at most 4).")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", callback=in_range("--top-k", 1),
+                                                help="At most K classes per image, best first.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 # Where the images are decoded and scored: this process, or a Ray cluster (pip install 'csra[ray]').
 EngineOpt = Annotated[str, typer.Option(
@@ -122,12 +244,16 @@ def load_model_for(model, arch=None, heads=None, lam=None, class_names=None):
     """The PyTorch model named by the shared model options."""
     from ..models.loading import load_model
 
+    warn_official_settings(model, lam, class_names)
+
     return load_model(model, arch=arch, num_heads=heads, lam=lam, classes=class_names)
 
 
 def runner_for(model, backend, device, precision, arch=None, heads=None, lam=None, class_names=None):
     """The runner (PyTorch or onnxruntime) named by the shared model and device options."""
     from ..engine.runners import make_runner
+
+    warn_official_settings(model, lam, class_names)
 
     return make_runner(model, backend, device, check_precision(precision), arch, heads, lam, class_names)
 

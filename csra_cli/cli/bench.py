@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, PrecisionOpt, WorkersOpt, app,
-                  handle_errors, resolve_workers)
+                  check_inputs_exist, handle_errors, in_range, resolve_workers)
 from ..console import err, info
 from ..errors import CSRAError
 
@@ -18,7 +18,7 @@ from ..errors import CSRAError
 def bench(
     model: ModelOpt = None,
     images: Annotated[Optional[str], typer.Option("--images", help="Folder of images, or a text file with one path per line.")] = None,
-    limit: Annotated[int, typer.Option(help="Use at most N images of --images (0: all).")] = 0,
+    limit: Annotated[int, typer.Option(callback=in_range("--limit", 0), help="Use at most N images of --images (0: all).")] = 0,
     synthetic: Annotated[int, typer.Option("--synthetic", help="Without --images: N generated 500x375 JPEGs.")] = 64,
     batch_size: BatchSizeOpt = 16,
     workers: WorkersOpt = -1,
@@ -38,9 +38,11 @@ def bench(
         raise CSRAError("--synthetic must be at least 1 (or give --images)")
     paths = None
     if images:
+        check_inputs_exist([images], "--images")
         listed = Path(images)
         if listed.is_file() and listed.suffix.lower() in (".txt", ".lst"):
             paths = [ln.strip() for ln in listed.read_text().splitlines() if ln.strip()]
+            check_inputs_exist(paths, f"--images {images}:")
         else:
             paths = list(expand_inputs([images]))
         paths = paths[:limit] if limit else paths

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from .app import (ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt, DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt,
-                  PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, handle_errors, ray_spec_for,
-                  resolve_workers, runner_for)
+                  PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, check_output, handle_errors, in_range,
+                  ray_spec_for, resolve_workers, runner_for)
 from ..console import err, start_progress, warn
 from ..errors import CSRAError
 from .report import ReportOpt, check_report_path
@@ -34,7 +34,8 @@ def eval_cmd(
     scores: Annotated[Optional[str], typer.Option("--scores", help="Evaluate this scores CSV instead of running a model.")] = None,
     save_scores: Annotated[Optional[str], typer.Option("--save-scores", help="Write image x class scores to this CSV.")] = None,
     calibrate: Annotated[Optional[str], typer.Option("--calibrate", help="Write per-class F1-maximising thresholds (JSON).")] = None,
-    threshold: Annotated[float, typer.Option("--threshold", "-t")] = 0.5,
+    threshold: Annotated[float, typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1),
+                                             help="Threshold for CP/CR/CF1/OP/OR/OF1.")] = 0.5,
     ap: Annotated[str, typer.Option("--ap", help="exact (non-interpolated, as the paper) or voc07-11pt.")] = "exact",
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the full report as JSON (- for stdout).")] = None,
     html_report: ReportOpt = None,
@@ -47,7 +48,10 @@ def eval_cmd(
     ray_address: RayAddressOpt = None,
     quiet: QuietOpt = False,
 ):
-    """mAP (paper protocol), CP/CR/CF1/OP/OR/OF1 and per-class numbers on a labelled set."""
+    """mAP (paper protocol), CP/CR/CF1/OP/OR/OF1 and per-class numbers on a labelled set.
+
+    The report goes to stdout (a table on a terminal, plain text in a pipe or file); with
+    --json - the JSON alone goes there and the table to stderr."""
     import numpy as np
 
     from ..data.selection import open_dataset
@@ -57,6 +61,8 @@ def eval_cmd(
 
     if ap not in ("exact", "voc07-11pt"):
         raise CSRAError("--ap: use exact or voc07-11pt")
+    for flag, path in (("--json", json_out), ("--save-scores", save_scores), ("--calibrate", calibrate)):
+        check_output(path, flag)
     page = check_report_path(html_report, json_out, save_scores, calibrate)
     data = open_dataset(dataset, root, split, annotations, images, labels, tag_sep)
     if len(data) == 0:
@@ -121,7 +127,9 @@ def eval_cmd(
                           [p for p, ok in zip(data.paths, readable) if ok], threshold,
                           per if "model_thresholds" in report else None, page, quiet)
     if not quiet:
-        print_report(report)
+        from rich.console import Console
+
+        print_report(report, err if json_out == "-" else Console(highlight=False))
     if json_out:
         text = json.dumps(finite(report), indent=2, allow_nan=False) + "\n"
         if json_out == "-":
@@ -165,20 +173,34 @@ def finite(obj):
     return obj
 
 
-def print_report(r: dict) -> None:
-    from rich.table import Table
+def print_report(r: dict, console) -> None:
+    """The per-class table and the summary lines: a rich table on a terminal, plain aligned
+    text otherwise (for files, pipes and diff)."""
+    title = f"{r['model']} on {r['dataset']} ({r['num_images']} images, {r['seconds']} s)"
+    header = ("class", "AP", "P", "R", "positives")
+    rows = [(c, "-" if v["AP"] is None else f"{v['AP']:.1f}", f"{v['precision']:.1f}", f"{v['recall']:.1f}",
+             str(v["positives"])) for c, v in r["per_class"].items()]
+    if console.is_terminal:
+        from rich.table import Table
 
-    t = Table(title=f"{r['model']} on {r['dataset']} ({r['num_images']} images, {r['seconds']} s)")
-    for col in ("class", "AP", "P", "R", "positives"):
-        t.add_column(col, justify="right" if col != "class" else "left")
-    for c, v in r["per_class"].items():
-        t.add_row(c, "-" if v["AP"] is None else f"{v['AP']:.1f}", f"{v['precision']:.1f}", f"{v['recall']:.1f}",
-                  str(v["positives"]))
-    err.print(t)
+        t = Table(title=title)
+        for col in header:
+            t.add_column(col, justify="right" if col != "class" else "left")
+        for row in rows:
+            t.add_row(*row)
+        console.print(t)
+    else:
+        widths = [max(len(str(x[i])) for x in (header, *rows)) for i in range(len(header))]
+        console.print(title, soft_wrap=True, markup=False)
+        for row in (header, *rows):
+            console.print("  ".join([row[0].ljust(widths[0])] + [x.rjust(w) for x, w in zip(row[1:], widths[1:])]),
+                          soft_wrap=True, markup=False)
     line = "  ".join(f"{k} {r[k]:.1f}" for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"))
-    err.print(f"[bold]{line}[/]  (threshold {r['threshold']})")
+    console.print(f"[bold]{line}[/]  (threshold {r['threshold']})", soft_wrap=True)
     if "model_thresholds" in r:
         mt = r["model_thresholds"]
-        err.print("at the model's per-class thresholds: " + "  ".join(f"{k} {mt[k]:.1f}" for k in mt))
+        console.print("at the model's per-class thresholds: " + "  ".join(f"{k} {mt[k]:.1f}" for k in mt),
+                      soft_wrap=True)
     if r["classes_without_positives"]:
-        err.print(f"classes with no positive (not in mAP): {', '.join(r['classes_without_positives'])}")
+        console.print(f"classes with no positive (not in mAP): {', '.join(r['classes_without_positives'])}",
+                      soft_wrap=True, markup=False)

@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, List
 
 import typer
 
-from .app import (ArchOpt, ClassNamesOpt, DeviceOpt, HeadsOpt, LamOpt, ModelOpt, app, handle_errors,
-                  load_model_for)
-from ..console import error, info
+from .app import (ArchOpt, ClassNamesOpt, DeviceOpt, HeadsOpt, LamOpt, ModelOpt, TopKOpt, app, check_inputs_exist,
+                  check_output, handle_errors, load_model_for)
+from ..console import error, info, warn
 from ..errors import CSRAError
 
 
 @app.command()
 @handle_errors
 def explain(
-    images: Annotated[List[str], typer.Argument(help="Image files.")],
+    images: Annotated[List[str], typer.Argument(help="Image files, folders or glob patterns (as for tag).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the heatmaps.")],
     class_: Annotated[List[str], typer.Option("--class", "-c", help="Class to draw (repeatable; default: the predicted ones).")] = [],
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="At most K classes per image.")] = None,
+    top_k: TopKOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="png (overlays + grid) or npy (raw maps).")] = "png",
     model: ModelOpt = None,
     arch: ArchOpt = None,
@@ -31,6 +31,7 @@ def explain(
 
     For multi-head models the map drawn is the sum of the heads' class score maps (its mean over
     positions is the base logit), so it reflects the whole model rather than one head."""
+    from ..data.inputs import expand_inputs
     from ..explain.heatmaps import MAP_NOTE, explain_image
     from ..engine.device import pick_device
 
@@ -38,6 +39,11 @@ def explain(
         raise CSRAError("--format: use png or npy")
     if out.exists() and not out.is_dir():
         raise CSRAError(f"--out {out}: exists and is not a folder")
+    check_output(out)
+    check_inputs_exist(images)
+    paths = list(expand_inputs(images, warn=warn))
+    if not paths:
+        raise CSRAError("no images found in the inputs")
     m = load_model_for(model, arch, heads, lam, class_names)
     unknown = [c for c in class_ if c not in m.classes]
     if unknown:
@@ -46,7 +52,7 @@ def explain(
     m.to(dev)
     info(f"drawing: {MAP_NOTE}" + (f" ({m.card.num_heads} heads)" if m.card.num_heads > 1 else ""))
     failed = 0
-    for path in images:
+    for path in paths:
         try:
             written = explain_image(m, path, out, class_ or None, top_k, fmt, dev)
         except (OSError, ValueError) as exc:

@@ -6,9 +6,15 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .app import ArchOpt, ClassNamesOpt, HeadsOpt, LamOpt, ModelOpt, app, handle_errors, load_model_for
+from .app import ArchOpt, ClassNamesOpt, HeadsOpt, LamOpt, ModelOpt, app, check_inputs_exist, check_output, handle_errors, load_model_for
 from ..console import info
 from ..errors import CSRAError
+
+
+class ExportFailed(CSRAError):
+    """The model did not export, or the export does not match PyTorch: not a usage error."""
+
+    exit_code = 1
 
 
 @app.command()
@@ -29,29 +35,51 @@ def export(
 ):
     """Export a model; the file carries classes, preprocessing and thresholds, and is checked
     against PyTorch on the spot (max |Δlogit| ≤ 1e-4 in fp32, else the export fails)."""
-    from ..engine.export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
-
     if not onnx and not torchscript:
         raise CSRAError("say which format: --onnx and/or --torchscript")
     if out is not None and onnx and torchscript:
         raise CSRAError("--out names one file; export one format at a time when giving --out")
+    check_output(out)
+    check_inputs_exist(verify_images, "--verify-image")
     m = load_model_for(model, arch, heads, lam, class_names)
-    failed = False
-    for fmt, ext, do_export, verify in (("onnx", ".onnx", onnx, "onnx"), ("torchscript", ".pt", torchscript, "ts")):
+    for fmt, ext, do_export in (("onnx", ".onnx", onnx), ("torchscript", ".pt", torchscript)):
         if not do_export:
             continue
         dest = out or Path(f"{m.card.name}{'-fp16' if fmt == 'onnx' and fp16 else ''}{ext}")
-        if fmt == "onnx":
-            export_onnx(m, dest, opset, dynamic_size, fp16)
-            result = verify_onnx(m, dest, verify_images, dynamic_size)
-        else:
-            export_torchscript(m, dest)
-            result = verify_torchscript(m, dest, verify_images)
-        verdict = "ok" if result["ok"] else "FAILED"
-        info(f"{fmt}: wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB); max |Δlogit| vs PyTorch "
-             f"{result['max_abs_diff']:.2e} on {result['inputs']} inputs (tolerance {result['tolerance']:g}): {verdict}")
+        size, result = export_verified(m, fmt, dest, opset, dynamic_size, fp16, verify_images)
+        info(f"{fmt}: wrote {dest} ({size / 1e6:.1f} MB); max |Δlogit| vs PyTorch "
+             f"{result['max_abs_diff']:.2e} on {result['inputs']} inputs (tolerance {result['tolerance']:g}): ok")
+
+
+def export_verified(m, fmt: str, dest: Path, opset: int, dynamic_size: bool, fp16: bool, verify_images: list[str]):
+    """Export into a temporary file beside ``dest``, verify it, and only then rename it onto
+    ``dest``: a failed export or verification leaves nothing behind."""
+    import os
+
+    from ..engine.export import export_onnx, export_torchscript, verify_onnx, verify_torchscript
+    from ..fileio import atomic_temp
+
+    fd, tmp = atomic_temp(dest, dest.suffix)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        try:
+            if fmt == "onnx":
+                export_onnx(m, tmp, opset, dynamic_size, fp16)
+                result = verify_onnx(m, tmp, verify_images, dynamic_size)
+            else:
+                export_torchscript(m, tmp)
+                result = verify_torchscript(m, tmp, verify_images)
+        except (CSRAError, FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except Exception as exc:  # an exporter or onnxruntime failure: one line, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ExportFailed(f"{fmt} export failed, nothing written ({first})") from exc
         if not result["ok"]:
-            failed = True
-            dest.unlink(missing_ok=True)
-    if failed:
-        raise typer.Exit(1)
+            raise ExportFailed(f"{fmt}: the export differs from PyTorch by {result['max_abs_diff']:.2e} "
+                            f"(tolerance {result['tolerance']:g}); nothing written")
+        size = tmp.stat().st_size
+        os.replace(tmp, dest)
+        return size, result
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -24,25 +24,61 @@ def _size(n: int | None) -> str:
 
 
 def _rows() -> list[dict]:
+    """One row per model: its whole registry entry (or card, for imported ones) plus where it is."""
     default = registry.default_name()
     rows = []
     for e in registry.entries():
         path = registry.installed_path(e)
-        rows.append({"name": e["name"], "default": e["name"] == default, "kind": e.get("kind", "official"),
+        rows.append({**e, "default": e["name"] == default, "kind": e.get("kind", "official"),
                      "arch": e.get("arch"), "heads": e.get("num_heads"), "dataset": e.get("dataset"),
                      "mAP": (e.get("metrics") or {}).get("mAP"), "size": e.get("size"),
                      "installed": str(path) if path else None})
     for p in registry.imported_models():
         card = json.loads(p.with_suffix(".json").read_text())
-        rows.append({"name": p.stem, "default": False, "kind": "imported", "arch": card.get("arch"),
+        rows.append({**card, "name": p.stem, "default": False, "kind": "imported", "arch": card.get("arch"),
                      "heads": card.get("num_heads"), "dataset": None,
                      "mAP": (card.get("metrics") or {}).get("mAP"), "size": p.stat().st_size, "installed": str(p)})
     return rows
 
 
+# Table columns, most wanted first; the ones after the name are dropped right to left when the
+# terminal is too narrow, so a model name is never cut.
+_COLUMNS = [("name", lambda r: r["name"] + (" *" if r["default"] else "")),
+            ("installed", lambda r: "yes" if r["installed"] else "no"),
+            ("mAP", lambda r: "" if r["mAP"] is None else f"{r['mAP']}"),
+            ("kind", lambda r: r["kind"]),
+            ("arch", lambda r: str(r["arch"])),
+            ("heads", lambda r: str(r["heads"])),
+            ("size", lambda r: _size(r["size"])),
+            ("data", lambda r: str(r["dataset"] or ""))]
+
+
+def models_table(rows: list[dict], width: int):
+    """The listing as a rich table at most ``width`` wide: whole cells, never an ellipsis."""
+    from rich.table import Table
+
+    cells = {name: [get(r) for r in rows] for name, get in _COLUMNS}
+    need = {name: max([len(name), *map(len, col)]) for name, col in cells.items()}
+    shown, used = [], 1  # the left border
+    for name, _ in _COLUMNS:
+        cost = need[name] + 3  # padding and border
+        if name == "data":  # a long free text: it may wrap, at 12 characters or more
+            cost = min(cost, 15) if width - used >= 15 else cost
+        if not shown or used + cost <= width:
+            shown.append(name)
+            used += cost
+    table = Table(title="csra models", caption="* the default model" if any(r["default"] for r in rows) else None)
+    for name in shown:
+        table.add_column(name, no_wrap=name != "data", min_width=need[name] if name != "data" else None,
+                         overflow="fold")
+    for i in range(len(rows)):
+        table.add_row(*(cells[name][i] for name in shown))
+    return table
+
+
 @models_app.callback(invoke_without_command=True)
 @handle_errors
-def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="JSON on stdout.")):
+def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="The whole registry as JSON on stdout.")):
     """List known models: shipped, official releases (downloadable) and imported ones."""
     if ctx.invoked_subcommand:
         return
@@ -50,18 +86,10 @@ def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
-
-    table = Table(title="csra models")
-    for col in ("name", "kind", "arch", "heads", "data", "mAP", "size", "installed"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"] + (" (default)" if r["default"] else ""), r["kind"], str(r["arch"]),
-                      str(r["heads"]), str(r["dataset"] or ""), "" if r["mAP"] is None else f"{r['mAP']}",
-                      _size(r["size"]), "yes" if r["installed"] else "no")
     from rich.console import Console
 
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    console.print(models_table(rows, console.width))
 
 
 @models_app.command("info")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -12,8 +13,9 @@ import typer
 from ..console import err, error, info, warn
 from ..errors import CSRAError
 from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt,
-                  DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt,
-                  app, handle_errors, ray_spec_for, resolve_workers, runner_for)
+                  DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, RayAddressOpt, TopKOpt,
+                  WorkersOpt, app, check_inputs_exist, check_output, handle_errors, in_range, ray_spec_for,
+                  resolve_workers, runner_for)
 from .report import ReportOpt, check_report_path, write_tag_report
 
 
@@ -28,12 +30,12 @@ def tag(
     heads: HeadsOpt = None,
     lam: LamOpt = None,
     class_names: ClassNamesOpt = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="One threshold for every class (default: the model card's, per class where it has them).")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1), help="One threshold for every class (default: the model card's, per class where it has them).")] = None,
     thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Per-class thresholds: JSON {class: t} or CSV class,threshold.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="At most K tags per image, best first.")] = None,
+    top_k: TopKOpt = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Only these classes (comma-separated).")] = None,
     scores: Annotated[bool, typer.Option("--scores", help="Add every class's score to each record.")] = False,
-    sidecar: Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars.")] = [],  # noqa: B006
+    sidecar: Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars: --sidecar txt,xmp or the flag twice.")] = [],  # noqa: B006
     xmp_name: Annotated[str, typer.Option("--xmp-name", help="full: photo.jpg.xmp, stem: photo.xmp.")] = "full",
     overwrite_sidecars: Annotated[bool, typer.Option("--overwrite-sidecars", help="Replace .txt sidecars that csra did not write (a user's own captions are kept otherwise).")] = False,
     null: Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin end with NUL, not newline (find -print0).")] = False,
@@ -93,9 +95,10 @@ def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thre
     from ..results.sidecars import SidecarWriter
     from ..results.sinks import FileSink, StreamSink, format_for, read_output
 
+    sidecar = [s.strip() for value in sidecar for s in value.split(",") if s.strip()]
     for s in sidecar:
         if s not in ("txt", "xmp"):
-            raise CSRAError(f"--sidecar {s!r}: use txt or xmp")
+            raise CSRAError(f"--sidecar {s!r}: use txt, xmp or txt,xmp")
     if xmp_name not in ("full", "stem"):
         raise CSRAError("--xmp-name: use full or stem")
     if resume and out == "-":
@@ -118,12 +121,18 @@ def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thre
         raise CSRAError(f"{uris[0]}: URI inputs are listed here and read by the cluster's workers; add --engine ray")
     if uris and sidecar:
         raise CSRAError(f"{uris[0]}: sidecars are written beside local images; leave out --sidecar for URI inputs")
+    check_inputs_exist([a for a in inputs if not is_uri(a)])
+    check_output(out)
+    started = time.time()
     workers = resolve_workers(workers)
     spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names)
     set_threads()
     runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
+    preparing = time.time() - started  # loading, and a first-use ONNX export: part of the elapsed time
     names = runner.card.classes
-    per_class = np.array(runner.card.class_thresholds(threshold), dtype=np.float64)
+    # --threshold sets every class; the card's per-class thresholds apply only without a flag
+    per_class = (np.full(len(names), threshold, dtype=np.float64) if threshold is not None
+                 else np.array(runner.card.class_thresholds(), dtype=np.float64))
     if thresholds:
         table = read_thresholds_file(thresholds, names)
         per_class = np.array([table.get(c, t) for c, t in zip(names, per_class)])
@@ -185,11 +194,11 @@ def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thre
     if stats.tagged + stats.failed + stats.skipped == 0:
         warn("no images found in the inputs")
     if not quiet:
-        print_tag_summary(stats, out)
+        print_tag_summary(stats, out, preparing)
     raise typer.Exit(EXIT_SOME_FAILED if stats.failed else EXIT_OK)
 
 
-def print_tag_summary(stats, out: str) -> None:
+def print_tag_summary(stats, out: str, preparing: float = 0.0) -> None:
     from rich.table import Table
 
     table = Table(title="csra tag", show_header=False)
@@ -197,7 +206,8 @@ def print_tag_summary(stats, out: str) -> None:
     table.add_row("failed", str(stats.failed))
     if stats.skipped:
         table.add_row("already done (resume)", str(stats.skipped))
-    table.add_row("elapsed", f"{stats.elapsed:.1f} s")
+    table.add_row("elapsed", f"{stats.elapsed + preparing:.1f} s"
+                  + (f" ({preparing:.1f} s preparing the model)" if preparing >= 1 else ""))
     table.add_row("images/s", f"{stats.rate:.1f}")
     table.add_row("output", "stdout" if out == "-" else out)
     err.print(table)

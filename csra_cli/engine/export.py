@@ -58,18 +58,36 @@ def export_onnx(model: CSRAModel, out: Path, opset: int = 18, dynamic_size: bool
     proto = onnx.load(str(out))
     if fp16:
         proto = to_fp16(proto)
-    card = json.loads(model.card.to_json())
-    meta = {"csra_card": json.dumps(card), "classes": json.dumps(card["classes"]),
-            "input_size": str(size), "mean": json.dumps(card["mean"]), "std": json.dumps(card["std"]),
-            "resize": card["resize"], "threshold": str(card["threshold"]),
-            "thresholds": json.dumps(card["thresholds"]), "input": "preprocessed float NCHW batch",
-            "output": "logits (apply sigmoid for probabilities)"}
     del proto.metadata_props[:]
-    for k, v in meta.items():
+    for k, v in onnx_metadata(model.card, fp16).items():
         proto.metadata_props.add(key=k, value=v)
+    card = json.loads(model.card.to_json())
     proto.doc_string = f"CSRA model {card['name']} ({card['arch']}, {card['num_heads']} heads, lambda {card['lam']})"
     onnx.save(proto, str(out))
     return out
+
+
+def onnx_metadata(card, fp16: bool = False) -> dict[str, str]:
+    """Everything a plain onnxruntime user needs to reproduce csra's scores: the card, and each
+    preprocessing step spelled out (channel order, scaling, interpolation, resize mode, mean/std)."""
+    size = card.input_size
+    norm = "(x - mean) / std per channel" if card.mean is not None else "none (the model takes x as is)"
+    steps = (f"decode to RGB (EXIF orientation applied, first frame, transparency on white); resize to "
+             f"{size}x{size} ignoring the aspect ratio (squash) with Pillow's bilinear filter "
+             f"(Image.resize(..., Image.BILINEAR)); uint8 HWC -> float32 CHW; x = pixel / 255; "
+             f"normalisation {norm}; batch as NCHW")
+    return {
+        "csra_card": card.to_json(), "classes": json.dumps(card.classes), "input_size": str(size),
+        "color_order": "RGB", "layout": "NCHW", "scale": "1/255 (uint8 pixel values to [0, 1])",
+        "resize": card.resize, "interpolation": "bilinear (Pillow Image.BILINEAR, antialiased when shrinking)",
+        "jpeg_draft": (f"csra decodes JPEGs with Pillow's draft mode (Image.draft('RGB', ({size}, {size}))): "
+                       f"libjpeg's 1/2, 1/4 or 1/8 scale still at least {size} px on both sides"),
+        "mean": json.dumps(card.mean), "std": json.dumps(card.std), "normalization": norm,
+        "preprocessing": steps, "input_dtype": "float16" if fp16 else "float32",
+        "threshold": str(card.threshold), "thresholds": json.dumps(card.thresholds),
+        "input": "preprocessed float NCHW batch (see preprocessing)",
+        "output": "logits (apply sigmoid for probabilities)",
+    }
 
 
 def to_fp16(proto):

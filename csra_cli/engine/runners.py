@@ -102,6 +102,9 @@ def cached_onnx(model) -> str:
     if path.is_file():
         return str(path)
     remove_stale(path.parent.glob(".*.onnx"), 3600)  # temporaries of exports killed an hour ago or more
+    from ..console import info
+
+    info("preparing the model for onnxruntime (one-time export, ~30 s)…")
     fd, tmp = atomic_temp(path, ".onnx")
     os.close(fd)
     try:

@@ -125,6 +125,9 @@ def read_thresholds_file(path: str, classes: list[str]) -> dict[str, float]:
             table = {r[0].strip(): float(r[1]) for r in rows if len(r) >= 2}
     except (ValueError, json.JSONDecodeError, AttributeError) as exc:
         raise CSRAError(f"--thresholds {path}: expected JSON {{class: threshold}} or CSV class,threshold ({exc})")
+    bad = [f"{c}: {t:g}" for c, t in table.items() if not 0.0 <= t <= 1.0]  # also catches NaN
+    if bad:
+        raise CSRAError(f"--thresholds {path}: thresholds must be between 0 and 1 ({', '.join(bad)})")
     unknown = sorted(set(table) - set(classes))
     if unknown:
         raise CSRAError(f"--thresholds {path}: unknown classes {', '.join(unknown)} (model classes: {', '.join(classes)})")
@@ -132,9 +135,11 @@ def read_thresholds_file(path: str, classes: list[str]) -> dict[str, float]:
 
 
 def class_subset(spec: str | None, classes: list[str]):
-    if not spec:
+    if spec is None:
         return None
     wanted = [c.strip() for c in spec.split(",") if c.strip()]
+    if not wanted:
+        raise CSRAError("--classes: give at least one class name (comma-separated)")
     unknown = [c for c in wanted if c not in classes]
     if unknown:
         raise CSRAError(f"--classes: unknown {', '.join(unknown)}; the model's classes are {', '.join(classes)}")

@@ -75,7 +75,8 @@ def write_scores(path: str, paths: list[str], classes: list[str], scores: np.nda
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", *classes])
     for p, row in zip(paths, scores):
-        w.writerow([p, *("" if np.isnan(v) else f"{v:.6f}" for v in row)])
+        # 9 significant digits round-trip a float32 exactly: no ties made up, mAP unchanged on re-reading
+        w.writerow([p, *("" if np.isnan(v) else f"{v:.9g}" for v in np.asarray(row, dtype=np.float32))])
     atomic_write_bytes(Path(path), buf.getvalue().encode())
 
 

@@ -5,8 +5,10 @@ Its state dict uses the official checkpoints' layout: backbone parameters at the
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -67,11 +69,14 @@ class CSRAModel(nn.Module):
         return self.transform(image)
 
     @torch.inference_mode()
-    def predict(self, images: Iterable[Image.Image]) -> torch.Tensor:
-        """PIL images -> class probabilities (N, C)."""
+    def predict(self, images: Iterable[str | Path | Image.Image]) -> np.ndarray:
+        """Image paths or PIL images -> class probabilities, a float32 numpy array (N, C) whose
+        columns follow ``self.classes``. Files are decoded as ``csra tag`` decodes them (EXIF
+        orientation, first frame, RGB), so the scores are the CLI's."""
         device = next(self.parameters()).device
-        batch = torch.stack([self.preprocess(im) for im in images]).to(device)
-        return torch.sigmoid(self(batch).float()).cpu()
+        pre = self.transform
+        batch = torch.stack([pre.load(im) if isinstance(im, (str, Path)) else pre.resize(im) for im in images])
+        return torch.sigmoid(self(pre.normalize(batch.to(device))).float()).cpu().numpy()
 
 
 def create_model(arch: str, num_classes: int, num_heads: int = 1, lam: float = 0.1,
