@@ -112,7 +112,8 @@ def test_tag_writes_sqlite_and_report(tmp_path, image_folder, tiny_model_path):
 
     # a finished database is refused without --overwrite, and --resume after it adds nothing twice
     assert csra("tag", image_folder, "-o", db, *m).exit_code == 2
-    assert csra("tag", image_folder, "-o", db, "--resume", "--scores", *m).exit_code == 0  # all done already
+    again = csra("tag", image_folder, "-o", db, "--resume", "--scores", *m)
+    assert again.exit_code == 1 and "trying again 1 image(s)" in again.stderr  # only the unreadable one, again
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchone() == (5, 5)
         assert con.execute("SELECT count(*) FROM scores").fetchone() == (80,)
