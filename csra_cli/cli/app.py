@@ -89,14 +89,15 @@ ClassNamesOpt = Annotated[Optional[str], typer.Option(
     "--class-names", help="Class names of an official .pth: voc, coco, wider, a,b,c or a file.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_check_device)]
 PrecisionOpt = Annotated[str, typer.Option(
-    help="auto (fp16/bf16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
+    help="auto (fp16/bf16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16, or int8 (CPU, onnxruntime: "
+         "a cached quantised export from 'csra export --onnx --int8').")]
 BackendOpt = Annotated[str, typer.Option(
     help="auto (onnxruntime on CPU, PyTorch on GPU), torch, or onnx with --model FILE.onnx.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model call.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Decoding processes (-1: cores - 1, at most 4).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 
 def check_precision(precision: str) -> str:

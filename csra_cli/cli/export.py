@@ -26,6 +26,11 @@ def export(
     dynamic_size: Annotated[bool, typer.Option("--dynamic-size", help="Dynamic height/width (batch is always dynamic).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="ONNX weights and activations in fp16.")] = False,
     verify_images: Annotated[List[str], typer.Option("--verify-image", help="Real images to verify on (repeatable).")] = [],
+    int8: Annotated[bool, typer.Option("--int8", help="With --onnx: int8 static quantisation (QDQ, per-channel weights) "
+                                       "for the CPU, calibrated on --calibrate-on; also cached for --precision int8.")] = False,
+    calibrate_on: Annotated[Optional[str], typer.Option("--calibrate-on", help="int8 calibration images: a folder, a glob, "
+                                                        "or a .txt list (one path a line, # comments).")] = None,
+    calibration_images: Annotated[int, typer.Option("--calibration-images", min=1, help="Use at most N calibration images.")] = 150,
 ):
     """Export a model; the file carries classes, preprocessing and thresholds, and is checked
     against PyTorch on the spot (max |Δlogit| ≤ 1e-4 in fp32, else the export fails)."""
@@ -35,6 +40,10 @@ def export(
         raise CSRAError("say which format: --onnx and/or --torchscript")
     if out is not None and onnx and torchscript:
         raise CSRAError("--out names one file; export one format at a time when giving --out")
+    if int8:
+        if not onnx or torchscript or fp16:
+            raise CSRAError("--int8 goes with --onnx alone (not --torchscript or --fp16)")
+        return export_int8(model, arch, heads, lam, class_names, out, calibrate_on, calibration_images)
     m = load_model_for(model, arch, heads, lam, class_names)
     failed = False
     for fmt, ext, do_export, verify in (("onnx", ".onnx", onnx, "onnx"), ("torchscript", ".pt", torchscript, "ts")):
@@ -55,3 +64,44 @@ def export(
             dest.unlink(missing_ok=True)
     if failed:
         raise typer.Exit(1)
+
+
+def calibration_paths(spec: str | None, limit: int) -> list[str]:
+    """The first ``limit`` images of a folder, glob or .txt list (in its order)."""
+    from ..data.inputs import expand_inputs
+
+    if not spec:
+        raise CSRAError("--int8 needs --calibrate-on IMAGES: 100-200 photos like the ones to tag "
+                        "(for the shipped model: benchmarks/int8_calibration_voc_train.txt, run from VOCdevkit)")
+    listed = Path(spec)
+    if listed.is_file() and listed.suffix.lower() in (".txt", ".lst"):
+        paths = [ln.strip() for ln in listed.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    else:
+        paths = list(expand_inputs([spec]))
+    if not paths:
+        raise CSRAError(f"--calibrate-on {spec}: no images found")
+    return paths[:limit]
+
+
+def export_int8(model, arch, heads, lam, class_names, out: Path | None, calibrate_on, limit: int) -> None:
+    """The verified fp32 export (cached), quantised into the cache and copied to --out."""
+    import shutil
+
+    from ..engine.quantize import quantize_int8
+    from ..engine.runners import cache_path, cached_onnx
+    from ..models.loading import resolve
+
+    images = calibration_paths(calibrate_on, limit)
+    m = load_model_for(model, arch, heads, lam, class_names)
+    weights = resolve(model)[0]
+    weights = weights.with_suffix(".safetensors") if weights.suffix == ".json" else weights
+    fp32 = cached_onnx(m, weights)
+    cached = cache_path(weights, m.card, "int8")
+    info(f"int8: calibrating on {len(images)} images …")
+    record = quantize_int8(Path(fp32), cached, m.card, images, source=str(calibrate_on))
+    dest = out or Path(f"{m.card.name}-int8.onnx")
+    if dest.resolve() != cached.resolve():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, dest)
+    info(f"onnx int8: wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB), calibrated on {record['images']} images "
+         f"({record['method']}); cached for --precision int8")
