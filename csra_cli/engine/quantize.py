@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -62,11 +63,17 @@ def quantize_int8(fp32: Path, out: Path, card, images: list[str], source: str = 
     fd, tmp = atomic_temp(out, ".onnx")
     os.close(fd)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_static(str(fp32), tmp, reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD))
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # its advice to pre-process: the export has BatchNorm folded already
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(str(fp32), tmp, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD))
+        finally:
+            root.setLevel(level)
         if not reader.used:
             raise CSRAError("int8 calibration: none of the calibration images could be read")
         record = calibration_record(reader.used, CALIBRATION_METHOD, source)
