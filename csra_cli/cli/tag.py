@@ -132,6 +132,7 @@ def print_tag_summary(stats, out: str) -> None:
         table.add_row("already done (resume)", str(stats.skipped))
     table.add_row("elapsed", f"{stats.elapsed:.1f} s")
     table.add_row("images/s", f"{stats.rate:.1f}")
+    table.add_row("model idle", f"{100 * stats.model_idle:.0f}% (waiting for decoding)")
     table.add_row("output", "stdout" if out == "-" else out)
     err.print(table)
     for path, reason in stats.failures[:10]:
