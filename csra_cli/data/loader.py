@@ -185,7 +185,7 @@ def stream_batches(paths: Iterable[str], preprocess: Preprocess, batch_size: int
                     break
                 pending.append((start, block, pool.submit(block)))
                 start += len(block)
-                if pool.workers and len(block) < batch_size:
+                if len(block) < batch_size:
                     break  # a partial batch from a slow source: hand it on now, not after more input
             if not pending:
                 return
