@@ -7,7 +7,6 @@ import collections
 import multiprocessing
 import os
 import queue
-import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -68,10 +67,12 @@ def _decode_in_worker(paths: list[str]):
 
 
 def _pool_context():
-    # fork starts a worker in milliseconds (nothing to re-import); elsewhere the platform default
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
+    # Not fork: the run has threads by then (the path reader, onnxruntime's or torch's pools), and a
+    # child forked while one of them held a lock hung in the test suite. forkserver forks workers
+    # from a clean single-threaded process; each imports only numpy and Pillow.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
 
 
 class DecodePool:
