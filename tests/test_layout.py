@@ -115,3 +115,41 @@ def test_public_api_still_there():
 
     assert callable(csra_cli.load_model) and callable(csra_cli.create_model)
     from csra_cli import CSRAModel, create_model, load_model  # noqa: F401
+
+
+def test_tag_through_a_cached_onnx_export_never_imports_torch(monkeypatch, isolated_home, tiny_model_path, tmp_path):
+    """The CPU fast path: once the export is cached, `csra tag` needs numpy, Pillow and
+    onnxruntime only, and scores real photos as PyTorch does (within 1e-4)."""
+    import json
+    import os
+
+    from typer.testing import CliRunner
+
+    from csra_cli.cli import app
+
+    from .conftest import VOC, make_image
+
+    pytest.importorskip("onnxruntime")
+    photos = sorted((VOC / "VOC2007" / "JPEGImages").glob("*.jpg"))[:3] if VOC.is_dir() else []
+    photos = [str(p) for p in photos] or [str(make_image(tmp_path / "a.jpg"))]
+    monkeypatch.delenv("CSRA_BACKEND")
+    runner = CliRunner()
+    first = runner.invoke(app, ["tag", *photos, "-m", str(tiny_model_path), "-q", "--device", "cpu"],
+                          catch_exceptions=False)  # exports and caches
+    assert first.exit_code == 0 and list((isolated_home / "onnx").glob("tiny-*.onnx"))
+    probe = ("import sys, runpy\n"
+             f"sys.argv = ['csra', 'tag', *{photos!r}, '-m', {str(tiny_model_path)!r}, '-q', '--scores', '-j', '1']\n"
+             "try:\n    runpy.run_module('csra_cli', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "loaded = [m for m in ('torch', 'torchvision', 'timm') if m in sys.modules]\n"
+             "print('LOADED:' + ','.join(loaded), code, file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "CSRA_BACKEND"}
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert res.stderr.strip().splitlines()[-1] == "LOADED: 0", res.stderr
+    fast = [json.loads(line) for line in res.stdout.splitlines()]
+    ref = runner.invoke(app, ["tag", *photos, "-m", str(tiny_model_path), "-q", "--scores", "--backend", "torch"],
+                        catch_exceptions=False)
+    ref = [json.loads(line) for line in ref.stdout.splitlines()]
+    assert [r["path"] for r in fast] == photos and [r["tags"] for r in fast] == [r["tags"] for r in ref]
+    for a, b in zip(fast, ref):
+        assert max(abs(a["scores"][c] - b["scores"][c]) for c in a["scores"]) <= 1e-4

@@ -207,7 +207,8 @@ ClassNamesOpt = Annotated[Optional[str], typer.Option(
     "--class-names", help="Class names of an official .pth: voc, coco, wider, a,b,c or a file.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_check_device)]
 PrecisionOpt = Annotated[str, typer.Option(
-    help="auto (fp16/bf16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16.")]
+    help="auto (fp16/bf16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16, or int8 (CPU, onnxruntime: "
+         "a cached quantised export from 'csra export --onnx --int8').")]
 BackendOpt = Annotated[str, typer.Option(
     help="auto (onnxruntime on CPU, PyTorch on GPU), torch, or onnx with --model FILE.onnx.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", callback=in_range("--batch-size", 1),
@@ -224,7 +225,7 @@ RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="Ray cluster for --engine ray: host:port, ray://host:10001, auto or local "
                           "(default: RAY_ADDRESS or a running 'ray start' cluster, else a local instance).")]
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 ENGINES = ("local", "ray")
 
 

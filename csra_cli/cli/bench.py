@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, PrecisionOpt, WorkersOpt, app,
-                  check_inputs_exist, handle_errors, in_range, resolve_workers)
+from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, PrecisionOpt, WorkersOpt, app, check_inputs_exist,
+                  check_precision, handle_errors, in_range, resolve_workers)
 from ..console import err, info
 from ..errors import CSRAError
 
@@ -27,6 +27,8 @@ def bench(
     backend: BackendOpt = "auto",
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also time the official-style loops.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    whole_process: Annotated[bool, typer.Option("--whole-process", help="Also time `csra tag` on the images as a whole "
+                                                "process, and the start-up times (--version, tag of one image).")] = False,
 ):
     """Throughput (model only and end to end), latency p50/p95, peak RSS/GPU memory, and the
     ratios against demo-style and val-style baselines timed in the same run."""
@@ -50,8 +52,8 @@ def bench(
             raise CSRAError(f"--images {images}: no images found")
     workers = resolve_workers(workers)
     set_threads()
-    result = run_bench(model, paths, synthetic, batch_size, workers, device, precision, backend, baselines,
-                       log=None if as_json else info)
+    result = run_bench(model, paths, synthetic, batch_size, workers, device, check_precision(precision), backend,
+                       baselines, log=None if as_json else info, whole_process=whole_process)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -61,14 +63,22 @@ def bench(
                     f"{result['device']}, batch {result['batch_size']}, {result['workers']} workers")
     for col in ("pipeline", "images/s", "p50 ms/batch", "p95 ms/batch"):
         t.add_column(col)
-    for key, label in (("model_only", "model only"), ("end_to_end", "end to end (csra tag)"),
+    for key, label in (("model_only", "model only"), ("model_only_int8", "model only, int8"),
+                       ("end_to_end", "end to end (csra tag)"), ("whole_process", "csra tag, whole process"),
                        ("demo_style", "baseline: demo-style"), ("val_style", "baseline: val-style")):
         if key in result:
             r = result[key]
-            t.add_row(label, f"{r['images_per_s']:.1f}", str(r["p50_ms"]), str(r["p95_ms"]))
+            t.add_row(label, f"{r['images_per_s']:.1f}", str(r.get("p50_ms", "")), str(r.get("p95_ms", "")))
     err.print(t)
     if "ratios" in result:
         r = result["ratios"]
         err.print(f"end to end vs demo-style: {r['end_to_end_vs_demo']}x, vs val-style: {r['end_to_end_vs_val']}x; "
                   f"tags same as exact resize: {result['tags_same_as_exact_resize_pct']}%")
+    if "whole_process_tag_vs_demo" in result.get("ratios", {}):
+        err.print(f"csra tag as a whole process vs demo-style: {result['ratios']['whole_process_tag_vs_demo']}x")
+    if "startup" in result:
+        s = result["startup"]
+        err.print(f"start-up: import torch {s['import_torch_s']} s, csra --version {s['version_s']} s "
+                  f"({s['version_vs_import_torch']}x), csra tag one image {s['tag_one_s']} s ({s['tag_one_vs_import_torch']}x)")
+    err.print(f"model idle (waiting for decoding): {result['end_to_end'].get('model_idle_pct')}%; {result.get('cpu_model', '')}")
     err.print(f"peak RSS {result['peak_rss_mb']} MB" + (f", peak GPU {result['peak_gpu_mb']} MB" if "peak_gpu_mb" in result else ""))

@@ -6,7 +6,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .app import ArchOpt, ClassNamesOpt, HeadsOpt, LamOpt, ModelOpt, app, check_inputs_exist, check_output, handle_errors, load_model_for
+from .app import (ArchOpt, ClassNamesOpt, HeadsOpt, LamOpt, ModelOpt, app, check_inputs_exist, check_output,
+                  handle_errors, load_model_for)
 from ..console import info
 from ..errors import CSRAError
 
@@ -32,6 +33,11 @@ def export(
     dynamic_size: Annotated[bool, typer.Option("--dynamic-size", help="Dynamic height/width (batch is always dynamic).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="ONNX weights and activations in fp16.")] = False,
     verify_images: Annotated[List[str], typer.Option("--verify-image", help="Real images to verify on (repeatable).")] = [],
+    int8: Annotated[bool, typer.Option("--int8", help="With --onnx: int8 static quantisation (QDQ, per-channel weights) "
+                                       "for the CPU, calibrated on --calibrate-on; also cached for --precision int8.")] = False,
+    calibrate_on: Annotated[Optional[str], typer.Option("--calibrate-on", help="int8 calibration images: a folder, a glob, "
+                                                        "or a .txt list (one path a line, # comments).")] = None,
+    calibration_images: Annotated[int, typer.Option("--calibration-images", min=1, help="Use at most N calibration images.")] = 150,
 ):
     """Export a model; the file carries classes, preprocessing and thresholds, and is checked
     against PyTorch on the spot (max |Δlogit| ≤ 1e-4 in fp32, else the export fails)."""
@@ -41,6 +47,10 @@ def export(
         raise CSRAError("--out names one file; export one format at a time when giving --out")
     check_output(out)
     check_inputs_exist(verify_images, "--verify-image")
+    if int8:
+        if not onnx or torchscript or fp16:
+            raise CSRAError("--int8 goes with --onnx alone (not --torchscript or --fp16)")
+        return export_int8(model, arch, heads, lam, class_names, out, calibrate_on, calibration_images)
     m = load_model_for(model, arch, heads, lam, class_names)
     for fmt, ext, do_export in (("onnx", ".onnx", onnx), ("torchscript", ".pt", torchscript)):
         if not do_export:
@@ -83,3 +93,51 @@ def export_verified(m, fmt: str, dest: Path, opset: int, dynamic_size: bool, fp1
         return size, result
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def calibration_paths(spec: str | None, limit: int) -> list[str]:
+    """The first ``limit`` images of a folder, glob or .txt list (in its order)."""
+    from ..data.inputs import expand_inputs
+
+    if not spec:
+        raise CSRAError("--int8 needs --calibrate-on IMAGES: 100-200 photos like the ones to tag "
+                        "(for the shipped model: benchmarks/int8_calibration_voc_train.txt, run from VOCdevkit)")
+    listed = Path(spec)
+    if listed.is_file() and listed.suffix.lower() in (".txt", ".lst"):
+        paths = [ln.strip() for ln in listed.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    else:
+        paths = list(expand_inputs([spec]))
+    if not paths:
+        raise CSRAError(f"--calibrate-on {spec}: no images found")
+    return paths[:limit]
+
+
+def export_int8(model, arch, heads, lam, class_names, out: Path | None, calibrate_on, limit: int) -> None:
+    """The verified fp32 export (cached), quantised into the cache and copied to --out."""
+    import os
+    import shutil
+
+    from ..fileio import atomic_temp
+    from ..engine.quantize import quantize_int8
+    from ..engine.runners import cache_path, cached_onnx
+    from ..models.loading import resolve
+
+    images = calibration_paths(calibrate_on, limit)
+    m = load_model_for(model, arch, heads, lam, class_names)
+    weights = resolve(model)[0]
+    weights = weights.with_suffix(".safetensors") if weights.suffix == ".json" else weights
+    fp32 = cached_onnx(m, weights)
+    cached = cache_path(weights, m.card, "int8")
+    info(f"int8: calibrating on {len(images)} images …")
+    record = quantize_int8(Path(fp32), cached, m.card, images, source=str(calibrate_on))
+    dest = out or Path(f"{m.card.name}-int8.onnx")
+    if dest.resolve() != cached.resolve():
+        fd, tmp = atomic_temp(dest, dest.suffix)
+        os.close(fd)
+        try:
+            shutil.copyfile(cached, tmp)
+            os.replace(tmp, dest)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    info(f"onnx int8: wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB), calibrated on {record['images']} images "
+         f"({record['method']}); cached for --precision int8")

@@ -209,6 +209,7 @@ def print_tag_summary(stats, out: str, preparing: float = 0.0) -> None:
     table.add_row("elapsed", f"{stats.elapsed + preparing:.1f} s"
                   + (f" ({preparing:.1f} s preparing the model)" if preparing >= 1 else ""))
     table.add_row("images/s", f"{stats.rate:.1f}")
+    table.add_row("model idle", f"{100 * stats.model_idle:.0f}% (waiting for decoding)")
     table.add_row("output", "stdout" if out == "-" else out)
     err.print(table)
     for path, reason in stats.failures[:10]:

@@ -1,14 +1,19 @@
-"""Streaming image loading shared by tag, eval, train and bench: workers decode and resize
-while the model runs; a file that fails becomes an error record, never an exception."""
+"""Streaming image loading shared by tag, eval and bench: one pool of decode processes for the
+whole run decodes and resizes while the model runs; a file that fails becomes an error record,
+never an exception. No torch here: the DataLoader adapter at the end is for training only."""
 from __future__ import annotations
 
-import itertools
+import collections
+import multiprocessing
 import os
+import queue
 import stat
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable, Iterator
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+import numpy as np
 
 from .preprocess import Preprocess
 
@@ -31,23 +36,178 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
 
 
-def load_one(preprocess: Preprocess, path: str, flip: bool = False) -> tuple[torch.Tensor, str]:
-    """(uint8 tensor, "") or (a blank tensor, the reason the file could not be used)."""
-    blank = torch.zeros(3, preprocess.size, preprocess.size, dtype=torch.uint8)
+def load_one(preprocess: Preprocess, path: str, flip: bool = False) -> tuple[np.ndarray, str]:
+    """(uint8 (3, S, S) array, "") or (a blank array, the reason the file could not be used)."""
+    blank = np.zeros((3, preprocess.size, preprocess.size), dtype=np.uint8)
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # a FIFO would block the worker
             return blank, "not a regular file (a FIFO, socket or device)"
         if st.st_size == 0:
             return blank, "empty file (0 bytes)"
-        tensor = preprocess.load(path)
+        arr = preprocess.load(path)
     except Exception as exc:  # one bad image never ends a batch
         return blank, describe_error(exc)
-    return (tensor.flip(-1) if flip else tensor), ""
+    return (np.ascontiguousarray(arr[..., ::-1]) if flip else arr), ""
 
 
-class ImageListDataset(Dataset):
-    """A known list of paths (eval, train, bench)."""
+def decode_batch(preprocess: Preprocess, paths: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A list of files -> a uint8 (B, 3, S, S) batch and one error string per file."""
+    loaded = [load_one(preprocess, p) for p in paths]
+    return np.stack([a for a, _ in loaded]), [e for _, e in loaded]
+
+
+# ----------------------------------------------------------------------------- the decode pool
+_worker_pre: Preprocess | None = None
+
+
+def _init_worker(preprocess: Preprocess) -> None:
+    global _worker_pre
+    _worker_pre = preprocess
+
+
+def _decode_in_worker(paths: list[str]):
+    return decode_batch(_worker_pre, paths)
+
+
+def _pool_context():
+    # Not fork: the run has threads by then (the path reader, onnxruntime's or torch's pools), and a
+    # child forked while one of them held a lock hung in the test suite. forkserver forks workers
+    # from a clean single-threaded process; each imports only numpy and Pillow.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
+
+
+class DecodePool:
+    """Decode processes kept for a whole run (every batch of every stream goes through the same
+    workers); ``workers=0`` decodes in this process. Use as a context manager."""
+
+    def __init__(self, preprocess: Preprocess, workers: int):
+        self.pre, self.workers = preprocess, max(0, int(workers))
+        self._pool = (ProcessPoolExecutor(self.workers, _pool_context(), _init_worker, (preprocess,))
+                      if self.workers else None)
+
+    def submit(self, paths: list[str]):
+        if self._pool is None:
+            return _Done(decode_batch(self.pre, paths))
+        return self._pool.submit(_decode_in_worker, paths)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Done:
+    """An already computed result with the Future interface used here."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+_END = object()
+
+
+def _batches_of_paths(paths: Iterable[str], batch_size: int, patience: float) -> Iterator[list[str]]:
+    """Paths grouped by ``batch_size``; a reader thread pulls them so that when the source is slow
+    (paths typed or piped in one by one) a partial batch goes out after ``patience`` seconds
+    instead of waiting for the batch to fill."""
+    q: queue.Queue = queue.Queue(maxsize=batch_size * 64)
+    failure: list[BaseException] = []
+
+    def read():
+        try:
+            for p in paths:
+                q.put(p)
+        except BaseException as exc:  # handed to the consumer, raised there
+            failure.append(exc)
+        finally:
+            q.put(_END)
+
+    threading.Thread(target=read, daemon=True, name="csra-paths").start()
+    block: list[str] = []
+    while True:
+        try:
+            item = q.get(timeout=patience) if block else q.get()
+        except queue.Empty:  # the source is slow: send what there is
+            yield block
+            block = []
+            continue
+        if item is _END:
+            if block:
+                yield block
+            if failure:
+                raise failure[0]
+            return
+        block.append(item)
+        if len(block) >= batch_size:
+            yield block
+            block = []
+
+
+class LoaderStats:
+    """How long the consumer waited for decoded batches (the model's idle time)."""
+
+    def __init__(self):
+        self.waited = 0.0
+        self.started = time.perf_counter()
+
+    @property
+    def idle_share(self) -> float:
+        return self.waited / max(time.perf_counter() - self.started, 1e-9)
+
+
+def stream_batches(paths: Iterable[str], preprocess: Preprocess, batch_size: int, workers: int = 0,
+                   pin_memory: bool = False, pool: DecodePool | None = None, patience: float = 0.05,
+                   stats: LoaderStats | None = None) -> Iterator:
+    """Batches (indices, paths, uint8 (B, 3, S, S) array, errors), in input order, for paths of any
+    number and origin (stdin included). Decoding runs in ``pool`` (or one made for this stream)
+    with at most a few batches per worker in flight, so memory stays flat however long the input.
+    ``pin_memory`` is accepted for the callers' sake; PyTorch runners pin on their side."""
+    own = pool is None
+    pool = pool or DecodePool(preprocess, workers)
+    ahead = max(2, 2 * pool.workers)  # batches in flight: enough to keep every worker busy
+    pending: collections.deque = collections.deque()
+    start = 0
+    try:
+        groups = _batches_of_paths(paths, batch_size, patience)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < ahead:
+                block = next(groups, None)
+                if block is None:
+                    exhausted = True
+                    break
+                pending.append((start, block, pool.submit(block)))
+                start += len(block)
+                if len(block) < batch_size:
+                    break  # a partial batch from a slow source: hand it on now, not after more input
+            if not pending:
+                return
+            first, block, fut = pending.popleft()
+            t = time.perf_counter()
+            batch, errors = fut.result()
+            if stats is not None:
+                stats.waited += time.perf_counter() - t
+            yield list(range(first, first + len(block))), block, batch, errors
+    finally:
+        if own:
+            pool.close()
+
+
+# ----------------------------------------------------------------------------- training (PyTorch)
+class ImageListDataset:
+    """A known list of paths as a map-style dataset for torch's DataLoader (training)."""
 
     def __init__(self, paths: list[str], preprocess: Preprocess, flip: bool = False):
         self.paths, self.preprocess, self.flip = list(paths), preprocess, flip
@@ -56,30 +216,20 @@ class ImageListDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        tensor, error = load_one(self.preprocess, self.paths[i], self.flip)
-        return i, self.paths[i], tensor, error
+        arr, error = load_one(self.preprocess, self.paths[i], self.flip)
+        return i, self.paths[i], arr, error
 
 
 def collate(items):
-    idx, paths, tensors, errors = zip(*items)
-    return list(idx), list(paths), torch.stack(tensors), list(errors)
+    import torch
+
+    idx, paths, arrays, errors = zip(*items)
+    return list(idx), list(paths), torch.from_numpy(np.stack(arrays)), list(errors)
 
 
-def make_loader(dataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
+def make_loader(dataset, batch_size: int, workers: int, pin_memory: bool = False):
+    from torch.utils.data import DataLoader
+
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory,
                       prefetch_factor=4 if workers > 0 else None)
-
-
-def stream_batches(paths: Iterable[str], preprocess: Preprocess, batch_size: int, workers: int,
-                   pin_memory: bool = False, chunk: int = 1024) -> Iterator:
-    """Batches (indices, paths, uint8 tensor, errors) for paths of any number and origin
-    (stdin included): paths are taken ``chunk`` at a time, so memory stays flat, and each
-    chunk is decoded by the worker processes while the model runs."""
-    it = iter(paths)
-    while True:
-        block = list(itertools.islice(it, chunk))
-        if not block:
-            return
-        n = min(workers, max(1, len(block) // batch_size))
-        yield from make_loader(ImageListDataset(block, preprocess), batch_size, n if workers else 0, pin_memory)

@@ -1,14 +1,15 @@
 """Image decoding and preprocessing as the model card says (size, resize mode, mean/std).
 
-Decoding returns uint8 CHW tensors, so DataLoader workers ship a quarter of the bytes;
-``normalize`` turns a uint8 batch into the float input that the model's forward takes.
+Numpy first: decoding returns uint8 CHW arrays (a quarter of the bytes of floats to ship from
+the decode workers), and nothing here imports torch, so a CPU run through onnxruntime never
+loads it. ``normalize`` (torch, for PyTorch callers) and ``normalize_numpy`` turn a uint8
+batch into the float input that the model takes.
 """
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 
@@ -77,8 +78,8 @@ class Preprocess:
         if resize not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {resize!r}")
         self.size = int(input_size)
-        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = None if std is None else np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
         self.fast = fast
 
     @classmethod
@@ -86,29 +87,34 @@ class Preprocess:
         """From a model card (anything with input_size, mean, std and resize)."""
         return cls(card.input_size, card.mean, card.std, card.resize, fast)
 
-    def load(self, path) -> torch.Tensor:
-        """Decode and resize a file to a uint8 (3, S, S) tensor."""
+    def load(self, path) -> np.ndarray:
+        """Decode and resize a file to a uint8 (3, S, S) array."""
         return self.resize(open_image(path, self.size if self.fast else None))
 
-    def resize(self, img: Image.Image) -> torch.Tensor:
+    def resize(self, img: Image.Image) -> np.ndarray:
         img = to_rgb(img).resize((self.size, self.size), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+        return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
 
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) -> float input of the model, on the batch's device."""
+    def normalize(self, batch):
+        """uint8 (B, 3, S, S) tensor or array -> the model's float input as a torch tensor,
+        on the batch's device."""
+        import torch
+
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
         x = batch.float().div_(255.0)
         if self.mean is not None:
-            x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+            x = x.sub_(torch.from_numpy(self.mean).to(x.device)).div_(torch.from_numpy(self.std).to(x.device))
         return x
 
     def normalize_numpy(self, batch: np.ndarray) -> np.ndarray:
-        """The same as ``normalize`` in numpy (for onnxruntime: no torch thread pool involved)."""
+        """The same as ``normalize`` in numpy (for onnxruntime: no torch involved)."""
         x = batch.astype(np.float32) * np.float32(1 / 255.0)
         if self.mean is not None:
-            x -= self.mean.numpy()
-            x /= self.std.numpy()
+            x -= self.mean
+            x /= self.std
         return x
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        """A PIL image -> the float (3, S, S) tensor the model takes."""
+    def __call__(self, img: Image.Image):
+        """A PIL image -> the float (3, S, S) torch tensor the model takes."""
         return self.normalize(self.resize(img)[None])[0]

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import sys
 import tempfile
@@ -42,6 +43,19 @@ def synthetic_images(n: int, folder: Path, size=(500, 375)) -> list[str]:
     return paths
 
 
+def cpu_info() -> dict:
+    """The CPU model and the vector-instruction flags that decide int8/fp32 speed (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu_model": platform.processor() or platform.machine()}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    wanted = [f for f in flags if f.startswith(("avx", "fma", "f16c", "amx")) or f in ("sse4_2", "vnni")]
+    return {"cpu_model": fields.get("model name", ""), "cpu_flags": wanted}
+
+
 def _latencies(times: list[float]) -> dict:
     if not times:
         return {"p50_ms": None, "p95_ms": None}
@@ -51,7 +65,7 @@ def _latencies(times: list[float]) -> dict:
 
 def bench_model_only(runner, batch_size: int, repeats: int = 3) -> dict:
     size = runner.card.input_size
-    batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, 3, size, size), dtype=np.uint8)
     runner(batch)  # warm-up
     times = []
     for _ in range(repeats):
@@ -69,12 +83,15 @@ def _sync(runner) -> None:
 
 
 def bench_pipeline(runner, paths: list[str], batch_size: int, workers: int) -> tuple[dict, dict]:
-    """Our streaming loop; returns the timing and each image's score vector (for agreement)."""
-    from ..data.loader import stream_batches
+    """Our streaming loop; returns the timing (with the share of the run the model waited for
+    decoded images) and each image's score vector (for agreement)."""
+    from ..data.loader import LoaderStats, stream_batches
 
     scores, times = {}, []
+    waits = LoaderStats()
     start = last = time.perf_counter()
-    for _, batch_paths, batch, errors in stream_batches(paths, runner.pre, batch_size, workers, runner.pin):
+    for _, batch_paths, batch, errors in stream_batches(paths, runner.pre, batch_size, workers, runner.pin,
+                                                        stats=waits):
         good = [i for i, e in enumerate(errors) if not e]
         if good:
             probs = runner(batch[good])
@@ -84,7 +101,47 @@ def bench_pipeline(runner, paths: list[str], batch_size: int, workers: int) -> t
         times.append(now - last)
         last = now
     total = time.perf_counter() - start
-    return {"images_per_s": round(len(paths) / total, 2), "seconds": round(total, 2), **_latencies(times)}, scores
+    return {"images_per_s": round(len(paths) / total, 2), "seconds": round(total, 2),
+            "model_idle_pct": round(100 * waits.idle_share, 1), **_latencies(times)}, scores
+
+
+def _timed(cmd: list[str], env: dict | None = None) -> float:
+    import subprocess
+
+    t = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+    return time.perf_counter() - t
+
+
+def bench_startup(model_name, image: str, precision: str) -> dict:
+    """Wall time of whole processes: `python -c "import torch"` (the yardstick), `csra --version`,
+    and `csra tag` of one image (its export already cached by this run)."""
+    csra = [sys.executable, "-m", "csra_cli"]
+    model = ["-m", model_name] if model_name else []
+    times = {"import_torch_s": _timed([sys.executable, "-c", "import torch"]),
+             "version_s": _timed(csra + ["--version"]),
+             "tag_one_s": _timed(csra + ["tag", image, "--out", "-", "-q", "--precision", precision] + model)}
+    base = times["import_torch_s"]
+    return {**{k: round(v, 3) for k, v in times.items()},
+            "version_vs_import_torch": round(times["version_s"] / base, 2),
+            "tag_one_vs_import_torch": round(times["tag_one_s"] / base, 2)}
+
+
+def bench_whole_process(model_name, paths: list[str], precision: str, batch_size: int, workers: int) -> dict:
+    """`csra tag` on the images as a whole process, start-up and writing included."""
+    with tempfile.TemporaryDirectory(prefix="csra-bench-") as tmp:
+        listing = Path(tmp) / "paths.txt"
+        listing.write_text("\n".join(paths) + "\n")
+        cmd = [sys.executable, "-m", "csra_cli", "tag", "-", "-o", str(Path(tmp) / "tags.csv"), "-q",
+               "--precision", precision, "-b", str(batch_size), "-j", str(workers)]
+        cmd += ["-m", model_name] if model_name else []
+        import subprocess
+
+        t = time.perf_counter()
+        with open(listing) as fh:
+            subprocess.run(cmd, stdin=fh, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        total = time.perf_counter() - t
+    return {"images_per_s": round(len(paths) / total, 2), "seconds": round(total, 2)}
 
 
 def _official_transform(card):
@@ -154,8 +211,20 @@ def tag_agreement(ours: dict, reference: dict, thresholds: np.ndarray) -> float:
     return round(100.0 * same / len(common), 2)
 
 
+def _int8_twin(runner, model_name, precision: str):
+    """When the run is fp32 through onnxruntime and an int8 export of the model is cached: its runner."""
+    from .runners import OnnxRunner, make_runner
+
+    if not isinstance(runner, OnnxRunner) or runner.precision != "fp32" or precision not in ("auto", "fp32"):
+        return None
+    try:
+        return make_runner(model_name, "auto", "cpu", "int8")
+    except Exception:  # no int8 export cached: nothing to compare
+        return None
+
+
 def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: int, workers: int, device: str,
-              precision: str, backend: str, baselines: bool = True, log=None) -> dict:
+              precision: str, backend: str, baselines: bool = True, log=None, whole_process: bool = False) -> dict:
     from ..models.loading import load_model
     from .runners import make_runner
 
@@ -168,6 +237,7 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     say = log or (lambda m: None)
     result = {"model": card.name, "arch": card.arch, "input_size": card.input_size,
               "backend": "onnxruntime" if type(runner).__name__ == "OnnxRunner" else "torch",
+              "runner_precision": getattr(runner, "precision", precision), **cpu_info(),
               "device": str(getattr(runner, "device", "cpu")), "precision": precision, "batch_size": batch_size,
               "workers": workers, "images": len(images), "torch_threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__}
@@ -176,6 +246,17 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     say("end to end (ours) …")
     bench_pipeline(runner, images[: min(len(images), batch_size * 2)], batch_size, workers)  # warm-up
     result["end_to_end"], ours = bench_pipeline(runner, images, batch_size, workers)
+    int8 = _int8_twin(runner, model_name, precision)
+    if int8 is not None:  # the same model in the other CPU precision, for the speed ratio
+        say("model only, int8 …")
+        result["model_only_int8"] = bench_model_only(int8, batch_size)
+        result["int8_vs_fp32_model_only"] = round(result["model_only_int8"]["images_per_s"]
+                                                  / result["model_only"]["images_per_s"], 2)
+    if whole_process and backend == "auto" and not (model_name or "").endswith(".onnx"):
+        say("whole process: csra tag …")
+        result["whole_process"] = bench_whole_process(model_name, images, precision, batch_size, workers)
+        say("start-up …")
+        result["startup"] = bench_startup(model_name, images[0], precision)
     if baselines and not (model_name or "").endswith(".onnx"):  # PyTorch loops of the same model
         torch_model = load_model(model_name)
         torch.set_num_threads(os.cpu_count() or 1)  # the baselines run in PyTorch
@@ -186,6 +267,9 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
         e2e = result["end_to_end"]["images_per_s"]
         result["ratios"] = {"end_to_end_vs_demo": round(e2e / result["demo_style"]["images_per_s"], 2),
                             "end_to_end_vs_val": round(e2e / result["val_style"]["images_per_s"], 2)}
+        if "whole_process" in result:
+            result["ratios"]["whole_process_tag_vs_demo"] = round(
+                result["demo_style"]["seconds"] / result["whole_process"]["seconds"], 2)
         result["tags_same_as_exact_resize_pct"] = tag_agreement(ours, ref, np.array(card.class_thresholds()))
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if torch.cuda.is_available():

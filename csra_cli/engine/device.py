@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from typing import TYPE_CHECKING
 
 from ..errors import CSRAError
@@ -16,6 +18,21 @@ def parse_device(device: str) -> str:
     if not ok:
         raise CSRAError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def runs_on_cpu(name: str) -> bool:
+    """Whether a --device value means the CPU, told without importing torch (which takes seconds):
+    cpu, or auto on a machine with no GPU device node (NVIDIA, ROCm, WSL) that is not an Apple
+    silicon Mac. Once torch is loaded anyway, torch decides."""
+    if name == "cpu":
+        return True
+    if name != "auto":
+        return False
+    if "torch" in sys.modules:
+        return pick_device("auto").type == "cpu"
+    if any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")):
+        return False
+    return not (sys.platform == "darwin" and platform.machine() == "arm64")
 
 
 def pick_device(name: str = "auto") -> "torch.device":
@@ -51,7 +68,8 @@ def autocast_dtype(device: "torch.device", precision: str = "auto") -> "torch.dt
 
 def set_threads() -> None:
     """The model keeps every core: decoding a photo is a small share of the work, and giving a
-    core to each worker made tagging ~1.5x slower on 2 cores (benchmarks/RESULTS.md)."""
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
+    core to each worker made tagging ~1.5x slower on 2 cores (benchmarks/RESULTS.md).
+    Only where torch is loaded already (TorchRunner calls it too): importing it here would
+    cost an onnxruntime run seconds for nothing."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(os.cpu_count() or 1)

@@ -24,7 +24,7 @@ def verification_batch(size: int, images: list[str] | None = None, n_random: int
     batch = [torch.randint(0, 256, (n_random, 3, size, size), generator=gen, dtype=torch.uint8)]
     if images:
         pre = Preprocess(size)
-        batch.append(torch.stack([pre.load(p) for p in images]))
+        batch.append(torch.from_numpy(np.stack([pre.load(p) for p in images])))
     return torch.cat(batch)
 
 

@@ -1,19 +1,35 @@
-"""Backends that turn a uint8 image batch into class probabilities: PyTorch or onnxruntime."""
+"""Backends that turn a uint8 image batch into class probabilities: PyTorch or onnxruntime.
+
+The onnxruntime path needs neither torch nor the weights: a model in our format is found by
+its card, and its export is cached under a key made of the weights file's sha256 and the card
+fields that shape the graph, so a CPU run that finds the export never imports torch."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..models.card import ModelCard
-from .device import autocast_dtype, pick_device
 from ..data.preprocess import Preprocess
+from .device import autocast_dtype, pick_device, runs_on_cpu
+
+# What --precision auto means on the CPU. int8 would need both goals of benchmarks/RESULTS.md
+# (mAP drop <= 0.3 points, >= 1.8x fp32's model-only speed); see there for why it is fp32.
+CPU_AUTO_PRECISION = "fp32"
 
 
 class TorchRunner:
     def __init__(self, model, device: str = "auto", precision: str = "auto"):
+        import torch
+
+        from .device import set_threads
+
+        set_threads()
         self.device = pick_device(device)
         self.card: ModelCard = model.card
         self.pre = Preprocess.from_card(self.card)
@@ -21,23 +37,28 @@ class TorchRunner:
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.pin = self.device.type == "cuda"
 
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        x = self.pre.normalize(batch.to(self.device, non_blocking=True))
-        x = x.contiguous(memory_format=torch.channels_last)
-        ctx = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
-               else contextlib.nullcontext())
-        with ctx:
-            logits = self.model(x)
-        return torch.sigmoid(logits.float()).cpu().numpy()
+    def __call__(self, batch) -> np.ndarray:
+        """uint8 (B, 3, S, S) batch, a numpy array or a tensor -> probabilities (B, C)."""
+        import torch
+
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
+            if self.pin:
+                batch = batch.pin_memory()
+        with torch.inference_mode():
+            x = self.pre.normalize(batch.to(self.device, non_blocking=True))
+            x = x.contiguous(memory_format=torch.channels_last)
+            ctx = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None
+                   else contextlib.nullcontext())
+            with ctx:
+                logits = self.model(x)
+            return torch.sigmoid(logits.float()).cpu().numpy()
 
 
 class OnnxRunner:
     """An exported ``.onnx`` file through onnxruntime (CUDA provider when present)."""
 
     def __init__(self, path: str, device: str = "auto", threads: int = 0, card: ModelCard | None = None):
-        import json
-
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -48,10 +69,11 @@ class OnnxRunner:
         providers = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in available:
             providers.insert(0, "CUDAExecutionProvider")
+        self.path = str(path)
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
-        # onnxruntime does the compute: an idle-spinning torch thread pool would only compete with it
-        torch.set_num_threads(1)
+        if "torch" in sys.modules:  # an idle-spinning torch thread pool would only compete with onnxruntime
+            sys.modules["torch"].set_num_threads(1)
         meta = self.session.get_modelmeta().custom_metadata_map
         if card is None and "csra_card" not in meta:
             raise ValueError(f"{path}: no csra_card metadata; export it with 'csra export --onnx'")
@@ -59,6 +81,7 @@ class OnnxRunner:
             self.card = card or ModelCard.from_dict(json.loads(meta["csra_card"]))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}: its csra_card metadata is not a valid model card ({exc})") from exc
+        self.precision = meta.get("csra_precision", "fp32")
         self.pre = Preprocess.from_card(self.card)
         self.input = self.session.get_inputs()[0]
         self.fp16 = self.input.type == "tensor(float16)"
@@ -67,14 +90,59 @@ class OnnxRunner:
     # On the CPU small batches ran fastest (73.8 img/s at 1 vs 63.0 at 16 for the default model).
     cpu_chunk = 1
 
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        x = self.pre.normalize_numpy(batch.numpy())
+    def __call__(self, batch) -> np.ndarray:
+        x = self.pre.normalize_numpy(np.asarray(batch))
         if self.fp16:
             x = x.astype(np.float16)
         step = len(x) if self.on_gpu else self.cpu_chunk
         logits = np.concatenate([self.session.run(None, {self.input.name: x[i:i + step]})[0]
                                  for i in range(0, len(x), step)]).astype(np.float32)
         return 1.0 / (1.0 + np.exp(-logits))
+
+
+# ----------------------------------------------------------------------------- the export cache
+def weights_sha256(path: Path) -> str:
+    """sha256 of a weights file, remembered per (path, size, mtime) in the cache so that a start-up
+    costs a stat, not a read of the whole file; a changed file is hashed again."""
+    from ..fileio import atomic_write_bytes
+    from ..models.registry import cache_dir
+
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_file = cache_dir() / "onnx" / "weights-sha256.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    stamp = [st.st_size, st.st_mtime_ns]
+    hit = memo.get(str(path))
+    if hit and hit[:2] == stamp:
+        return hit[2]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    memo[str(path)] = stamp + [digest.hexdigest()]
+    try:
+        atomic_write_bytes(memo_file, json.dumps(memo, indent=1).encode())
+    except OSError:  # a read-only cache only costs the hashing next time
+        pass
+    return digest.hexdigest()
+
+
+def export_key(weights: Path, card: ModelCard) -> str:
+    """Identity of an export: the weights' bytes and the card fields that shape the graph
+    (preprocessing and thresholds stay outside the graph, so they are not part of it)."""
+    shape = repr((card.arch, card.num_heads, card.lam, card.input_size, sorted(card.arch_kwargs.items()),
+                  ONNX_OPSET))
+    return hashlib.sha256(f"{weights_sha256(weights)}|{shape}".encode()).hexdigest()[:24]
+
+
+def cache_path(weights: Path, card: ModelCard, precision: str = "fp32") -> Path:
+    from ..models.registry import cache_dir
+
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return cache_dir() / "onnx" / f"{card.name}-{export_key(weights, card)}{suffix}.onnx"
 
 
 def _graph_digest(model) -> str:
@@ -89,16 +157,16 @@ def _graph_digest(model) -> str:
 ONNX_OPSET = 18  # the torch.export-based exporter: its graph ran ~1.4x faster than opset 17's here
 
 
-def cached_onnx(model) -> str:
-    """The model as a verified ONNX file in $CSRA_HOME/onnx, exported on first use."""
-    from pathlib import Path
-
+def cached_onnx(model, weights: Path | None = None) -> str:
+    """The model as a verified ONNX file in $CSRA_HOME/onnx, exported on first use; keyed by its
+    weights file when known (so it is found later without torch), else by its tensors."""
     from ..fileio import atomic_temp, remove_stale
     from ..errors import CSRAError
     from .export import export_onnx, verify_onnx
     from ..models.registry import cache_dir
 
-    path = cache_dir() / "onnx" / f"{model.card.name}-{_graph_digest(model)}.onnx"
+    path = (cache_path(weights, model.card) if weights is not None
+            else cache_dir() / "onnx" / f"{model.card.name}-{_graph_digest(model)}.onnx")
     if path.is_file():
         return str(path)
     remove_stale(path.parent.glob(".*.onnx"), 3600)  # temporaries of exports killed an hour ago or more
@@ -118,7 +186,7 @@ def cached_onnx(model) -> str:
     return str(path)
 
 
-def auto_runner(model, device: str = "auto", precision: str = "auto"):
+def auto_runner(model, device: str = "auto", precision: str = "auto", weights: Path | None = None):
     """onnxruntime on the CPU (about 3x PyTorch's speed for these models on this project's
     machines, see benchmarks/RESULTS.md), PyTorch elsewhere or if the export fails."""
     dev = pick_device(device)
@@ -127,7 +195,7 @@ def auto_runner(model, device: str = "auto", precision: str = "auto"):
     try:
         import onnxruntime  # noqa: F401
 
-        return OnnxRunner(cached_onnx(model), "cpu", threads=os.cpu_count() or 1, card=model.card)
+        return OnnxRunner(cached_onnx(model, weights), "cpu", threads=os.cpu_count() or 1, card=model.card)
     except Exception as exc:  # any failure here only costs speed
         from ..console import warn
 
@@ -135,14 +203,39 @@ def auto_runner(model, device: str = "auto", precision: str = "auto"):
         return TorchRunner(model, device, precision)
 
 
+def fast_runner(model: str | None, precision: str = "auto", lam: float | None = None) -> OnnxRunner | None:
+    """onnxruntime on the CPU straight from a cached export, without torch: for a model in our
+    format whose export (of the asked precision) is in the cache; None otherwise."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from ..models.loading import find_card
+
+    found = find_card(model, lam)
+    if found is None:
+        return None
+    weights, card = found
+    wanted = CPU_AUTO_PRECISION if precision == "auto" else precision
+    for p in dict.fromkeys([wanted] + (["fp32"] if precision == "auto" else [])):
+        path = cache_path(weights, card, p)
+        if path.is_file():
+            return OnnxRunner(str(path), "cpu", threads=os.cpu_count() or 1, card=card)
+    return None
+
+
+def int8_missing(name: str) -> str:
+    return (f"no int8 export of {name} is cached; make one with 'csra export --onnx --int8 --model {name} "
+            "--calibrate-on IMAGES' (100-200 images like the ones to tag)")
+
+
 def make_runner(model: str | None, backend: str = "auto", device: str = "auto", precision: str = "auto",
                 arch=None, heads=None, lam=None, class_names=None):
     """The runner for a model name or file. auto: onnxruntime on the CPU (a cached, verified
-    export of the model), PyTorch elsewhere; onnx: an exported ``.onnx`` file."""
-    from pathlib import Path
-
+    export of the model, found without importing torch when it is there), PyTorch elsewhere;
+    onnx: an exported ``.onnx`` file. int8: the cached quantised export (CPU only)."""
     from ..errors import CSRAError
-    from ..models.loading import load_model
+    from ..models.loading import load_model, resolve
     from .device import parse_device
 
     device = parse_device(device)
@@ -157,5 +250,21 @@ def make_runner(model: str | None, backend: str = "auto", device: str = "auto", 
         raise CSRAError(f"--backend {backend!r}: use auto, torch or onnx")
     if model and model.endswith(".onnx"):
         return OnnxRunner(model, device)
+    on_cpu = runs_on_cpu(device)
+    if precision == "int8" and (backend == "torch" or not on_cpu):
+        raise CSRAError("--precision int8 runs through onnxruntime on the CPU: use --device cpu and --backend auto")
+    if backend == "auto" and on_cpu and precision in ("auto", "fp32", "int8"):
+        runner = fast_runner(model, precision, lam)
+        if runner is not None:
+            return runner
     m = load_model(model, arch=arch, num_heads=heads, lam=lam, classes=class_names)
-    return auto_runner(m, device, precision) if backend == "auto" else TorchRunner(m, device, precision)
+    weights = resolve(model)[0]
+    weights = weights.with_suffix(".safetensors") if weights.suffix == ".json" else weights
+    if precision == "int8":
+        path = cache_path(weights, m.card, "int8")
+        if not path.is_file():
+            raise CSRAError(int8_missing(model or m.card.name))
+        return OnnxRunner(str(path), "cpu", threads=os.cpu_count() or 1, card=m.card)
+    if backend == "torch":
+        return TorchRunner(m, device, precision)
+    return auto_runner(m, device, "fp32" if precision == "auto" and on_cpu else precision, weights)

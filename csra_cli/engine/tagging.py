@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..data.loader import stream_batches
+from ..data.loader import DecodePool, LoaderStats, stream_batches
 from ..errors import CSRAError
 from ..results.sinks import make_record
 
@@ -22,6 +22,7 @@ class TagStats:
     skipped: int = 0
     started: float = field(default_factory=time.time)
     failures: list = field(default_factory=list)
+    model_idle: float = 0.0  # share of the run the model waited for decoded images
 
     @property
     def elapsed(self) -> float:
@@ -79,7 +80,6 @@ def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarra
                 workers: int = 2, top_k: int | None = None, allowed: np.ndarray | None = None,
                 all_scores: bool = False, on_record: Callable[[dict], None] | None = None,
                 progress: Callable[[int], None] | None = None, skip: set[str] | None = None) -> TagStats:
-    classes = runner.card.classes
     stats = TagStats()
     skip = skip or set()
 
@@ -90,20 +90,30 @@ def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarra
             else:
                 yield p
 
-    for _, batch_paths, batch, errors in stream_batches(todo(), runner.pre, batch_size, workers, runner.pin):
-        good = [i for i, e in enumerate(errors) if not e]
-        probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
-        row = {i: r for r, i in enumerate(good)}
-        stamp = record_stamp(runner.card.name)
-        for i, path in enumerate(batch_paths):
-            rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, thresholds,
-                               top_k, allowed, all_scores, stamp)
-            deliver(rec, sinks, stats, on_record)
-        for sink in sinks:
-            sink.flush()
-        if progress:
-            progress(len(batch_paths))
+    waits = LoaderStats()
+    with DecodePool(runner.pre, workers) as pool:  # one pool for the whole run
+        for _, batch_paths, batch, errors in stream_batches(todo(), runner.pre, batch_size, pool=pool, stats=waits):
+            _emit(runner, batch_paths, batch, errors, stats, sinks, thresholds, top_k, allowed, all_scores, on_record)
+            if progress:
+                progress(len(batch_paths))
+    stats.model_idle = waits.idle_share
     return stats
+
+
+def _emit(runner, batch_paths, batch, errors, stats: TagStats, sinks, thresholds, top_k, allowed, all_scores,
+          on_record) -> None:
+    """Score one decoded batch and hand its records to the sinks."""
+    classes = runner.card.classes
+    good = [i for i, e in enumerate(errors) if not e]
+    probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
+    row = {i: r for r, i in enumerate(good)}
+    stamp = record_stamp(runner.card.name)
+    for i, path in enumerate(batch_paths):
+        rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, thresholds,
+                           top_k, allowed, all_scores, stamp)
+        deliver(rec, sinks, stats, on_record)
+    for sink in sinks:
+        sink.flush()
 
 
 def read_thresholds_file(path: str, classes: list[str]) -> dict[str, float]:

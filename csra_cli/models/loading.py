@@ -1,16 +1,21 @@
-"""``load_model``: one call for the default model, a registry name, our files and official .pth."""
+"""``load_model``: one call for the default model, a registry name, our files and official .pth.
+
+``resolve`` and ``find_card`` do not import torch, so a CPU run through onnxruntime can find the
+model's card (and its cached export) without it; loading weights imports torch on first use."""
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import registry
 from .card import ModelCard
-from .checkpoint import infer_settings, load_weights, read_csra, read_state_dict
 from ..data.classes import resolve_classes
 from ..errors import CheckpointError, ModelNotFound
-from .csra import CSRAModel, create_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from .csra import CSRAModel
 
 OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Preprocessing of the official models: ResNet takes RGB in [0, 1] at 448, ViT mean = std = 0.5.
@@ -21,6 +26,8 @@ OFFICIAL_VIT = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 def official_card(state: dict, path: Path, arch: str | None = None, num_heads: int | None = None,
                   lam: float | None = None, classes=None, name: str | None = None, **extra) -> ModelCard:
     """The card of an official checkpoint: what its keys say, completed by the caller's settings."""
+    from .checkpoint import infer_settings
+
     info = infer_settings(state)
     if num_heads is not None and num_heads != info["num_heads"]:
         raise CheckpointError(f"{path}: the checkpoint has {info['num_heads']} CSRA heads, not {num_heads} (drop --heads or fix it)")
@@ -45,7 +52,10 @@ def official_card(state: dict, path: Path, arch: str | None = None, num_heads: i
     )
 
 
-def model_from_card(card: ModelCard, state: dict, source: str) -> CSRAModel:
+def model_from_card(card: ModelCard, state: dict, source: str) -> "CSRAModel":
+    from .checkpoint import load_weights
+    from .csra import create_model
+
     try:
         model = create_model(card.arch, card.num_classes, card.num_heads, card.lam, card=card, **card.arch_kwargs)
     except ValueError as exc:
@@ -57,19 +67,43 @@ def model_from_card(card: ModelCard, state: dict, source: str) -> CSRAModel:
     return model.eval()
 
 
-def load_official(path: str | Path, **settings) -> CSRAModel:
+def load_official(path: str | Path, **settings) -> "CSRAModel":
+    from .checkpoint import read_state_dict
+
     path = Path(path)
     state = read_state_dict(path)
     card = official_card(state, path, **settings)
     return model_from_card(card, state, str(path))
 
 
-def load_csra(path: str | Path, **overrides) -> CSRAModel:
-    card, state = read_csra(path)
+def _apply_overrides(card: ModelCard, overrides: dict) -> ModelCard:
     for key in ("lam", "threshold", "input_size"):
         if overrides.get(key) is not None:
             setattr(card, key, overrides[key])
-    return model_from_card(card, state, str(path))
+    return card
+
+
+def load_csra(path: str | Path, **overrides) -> "CSRAModel":
+    from .checkpoint import read_csra
+
+    card, state = read_csra(path)
+    return model_from_card(_apply_overrides(card, overrides), state, str(path))
+
+
+def find_card(name_or_path: str | None = None, lam: float | None = None) -> tuple[Path, ModelCard] | None:
+    """The weights file and card of a model in our format (.safetensors + card), without torch;
+    None for an official checkpoint (its card comes from its keys) or an unreadable card."""
+    path, _ = resolve(name_or_path)
+    if path.suffix not in (".safetensors", ".json"):
+        return None
+    weights, card_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not weights.is_file() or not card_file.is_file():
+        return None
+    try:
+        card = ModelCard.load(card_file)
+    except (ValueError, OSError):
+        return None
+    return weights, _apply_overrides(card, {"lam": lam})
 
 
 def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
@@ -97,9 +131,9 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     return found, entry
 
 
-def load_model(name_or_path: str | None = None, device: str | torch.device | None = None,
+def load_model(name_or_path: str | None = None, device: "str | torch.device | None" = None,
                arch: str | None = None, num_heads: int | None = None, lam: float | None = None,
-               classes=None, **overrides) -> CSRAModel:
+               classes=None, **overrides) -> "CSRAModel":
     """A CSRA model in eval mode with ``.card``, ``.preprocess`` and ``.predict``.
 
     ``name_or_path``: None (the shipped default), a registry name, our ``.safetensors``/``.json``,

@@ -233,7 +233,7 @@ class AugmentedImages(torch.utils.data.Dataset):
             img = self.tf(open_image(self.paths[i]))
             return i, torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
         except Exception:  # an unreadable training image is fed blank rather than ending the run
-            return i, load_one(self.pre, self.paths[i])[0]
+            return i, torch.from_numpy(load_one(self.pre, self.paths[i])[0])
 
 
 def _cached_batches(feats, feats_flip, n: int, cfg: TrainConfig, epoch: int):
