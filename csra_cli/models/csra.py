@@ -75,8 +75,8 @@ class CSRAModel(nn.Module):
         orientation, first frame, RGB), so the scores are the CLI's."""
         device = next(self.parameters()).device
         pre = self.transform
-        batch = torch.stack([pre.load(im) if isinstance(im, (str, Path)) else pre.resize(im) for im in images])
-        return torch.sigmoid(self(pre.normalize(batch.to(device))).float()).cpu().numpy()
+        batch = np.stack([pre.load(im) if isinstance(im, (str, Path)) else pre.resize(im) for im in images])
+        return torch.sigmoid(self(pre.normalize(batch).to(device)).float()).cpu().numpy()
 
 
 def create_model(arch: str, num_classes: int, num_heads: int = 1, lam: float = 0.1,

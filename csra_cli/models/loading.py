@@ -53,6 +53,8 @@ def official_card(state: dict, path: Path, arch: str | None = None, num_heads: i
 
 
 def model_from_card(card: ModelCard, state: dict, source: str) -> "CSRAModel":
+    import torch
+
     from .checkpoint import load_weights
     from .csra import create_model
 
