@@ -339,3 +339,4 @@ def test_help_shows_plain_metavars_and_whole_sentences():
     assert "--top-k" in res.stdout and "INPUTS" in res.stdout
     # the docstring's second paragraph is wrapped in the source, not in --help
     assert "some images could not be read (see their error records), 2 bad usage" in res.stdout
+    assert "pip install 'csra[ray]'" in res.stdout  # brackets in help text are not eaten as markup

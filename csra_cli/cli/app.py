@@ -220,7 +220,7 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", callback=in_range("--
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 # Where the images are decoded and scored: this process, or a Ray cluster (pip install 'csra[ray]').
 EngineOpt = Annotated[str, typer.Option(
-    help="local (this machine) or ray (a Ray cluster through Ray Data; pip install 'csra[ray]').")]
+    help="local (this machine) or ray (a Ray cluster through Ray Data; pip install 'csra\\[ray]').")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="Ray cluster for --engine ray: host:port, ray://host:10001, auto or local "
                           "(default: RAY_ADDRESS or a running 'ray start' cluster, else a local instance).")]
