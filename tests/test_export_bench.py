@@ -152,3 +152,27 @@ def test_a_failed_export_is_one_line_and_leaves_nothing(tmp_path, tiny_model_pat
                                                                        "tolerance": 1e-4, "inputs": 2})
     res = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_path), "-o", str(out)])
     assert res.exit_code == 1 and "nothing written" in res.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_dynamic_size_fp16_export_of_an_efficientnet_runs(tmp_path):
+    """EfficientNet-Lite's "same" paddings make shape arithmetic in a dynamic-size graph: the fp16
+    export must keep it in fp32 (onnxruntime refused the model), and torch.export must not be
+    used for it (its symbolic shape reasoning ran for over 15 minutes)."""
+    import onnxruntime as ort
+
+    from csra_cli.models.card import ModelCard
+    from csra_cli.models.checkpoint import save_csra
+    from csra_cli.models.csra import create_model
+
+    torch.manual_seed(0)
+    card = ModelCard("lite-tiny", "efficientnet_lite0", 2, 0.1, [f"c{i}" for i in range(5)], input_size=96,
+                     mean=[0.5] * 3, std=[0.5] * 3)
+    weights = save_csra(create_model("efficientnet_lite0", 5, 2, 0.1, card=card), card, tmp_path / "lite.safetensors")
+    out = tmp_path / "lite-dyn16.onnx"
+    res = runner.invoke(app, ["export", "--onnx", "--dynamic-size", "--fp16", "-m", str(weights), "-o", str(out)],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for size in (96, 128):  # another size than the exported one runs too
+        x = np.random.rand(1, 3, size, size).astype(np.float16)
+        assert session.run(None, {"images": x})[0].shape == (1, 5)

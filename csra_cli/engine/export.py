@@ -39,17 +39,15 @@ def export_onnx(model: CSRAModel, out: Path, opset: int = 18, dynamic_size: bool
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if opset >= 18:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            dims = {0: batch}
-            if dynamic_size:
-                dims.update({2: torch.export.Dim("height", min=32, max=4096),
-                             3: torch.export.Dim("width", min=32, max=4096)})
+        # torch.export reasons symbolically about every "same" padding of a dynamic height and
+        # width, and on EfficientNet-Lite that ran for over 15 minutes without finishing; the
+        # TorchScript-based exporter writes the same graph in seconds, so dynamic sizes take it.
+        if opset >= 18 and not dynamic_size:
+            dims = {0: torch.export.Dim("batch", min=1, max=4096)}
             program = torch.onnx.export(model, (example,), None, input_names=["images"], output_names=["logits"],
-                                        opset_version=opset, dynamic_shapes=({**dims},), dynamo=True,
-                                        verbose=False)
+                                        opset_version=opset, dynamic_shapes=(dims,), dynamo=True, verbose=False)
             program.save(str(out))
-        else:  # older opsets through the TorchScript-based exporter
+        else:  # older opsets and dynamic sizes through the TorchScript-based exporter
             axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
             if dynamic_size:
                 axes["images"].update({2: "height", 3: "width"})
@@ -90,6 +88,25 @@ def onnx_metadata(card, fp16: bool = False) -> dict[str, str]:
     }
 
 
+def shape_arithmetic(graph) -> list[str]:
+    """Nodes that compute shapes (a dynamic-size graph's "same" paddings: Shape, Cast, Ceil, Div …)
+    rather than activations. They stay in fp32: converted, their Casts kept producing float32
+    while the graph declared float16, and onnxruntime refused the model."""
+    activations = {i.name for i in graph.input}
+    shapes, nodes = set(), []
+    for node in graph.node:  # ONNX graphs are stored in topological order
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Shape":
+            shapes.update(node.output)
+            nodes.append(node.name)
+        elif any(i in activations for i in inputs):
+            activations.update(node.output)
+        elif any(i in shapes for i in inputs):
+            shapes.update(node.output)
+            nodes.append(node.name)
+    return nodes
+
+
 def to_fp16(proto):
     """Weights and activations in fp16, keeping float32 graph inputs/outputs casts inside."""
     try:
@@ -99,7 +116,8 @@ def to_fp16(proto):
     if float16 is not None:
         with warnings.catch_warnings():  # it warns for every tiny weight it rounds
             warnings.simplefilter("ignore")
-            return float16.convert_float_to_float16(proto, keep_io_types=False)
+            return float16.convert_float_to_float16(proto, keep_io_types=False,
+                                                    node_block_list=shape_arithmetic(proto.graph))
     raise CSRAError("--fp16 needs the package onnxconverter-common (pip install onnxconverter-common)")
 
 
