@@ -153,3 +153,13 @@ def test_tag_through_a_cached_onnx_export_never_imports_torch(monkeypatch, isola
     assert [r["path"] for r in fast] == photos and [r["tags"] for r in fast] == [r["tags"] for r in ref]
     for a, b in zip(fast, ref):
         assert max(abs(a["scores"][c] - b["scores"][c]) for c in a["scores"]) <= 1e-4
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists packages by hand (weights/ is mapped in): a new subpackage must be named there."""
+    import tomllib
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(p) for p in PKG.rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
+    assert "csra_cli.weights" in listed
