@@ -1,5 +1,6 @@
 """HTML reports (csra report, tag --report) and the SQLite output."""
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -214,3 +215,30 @@ def test_eval_page_in_a_browser(tmp_path):
     assert colours and len(colours) > 50, "the screenshot looks blank"
     dom = dump_dom(page)
     assert dom.count("<polyline") == 3 and dom.count('class="mark"') == 3
+
+
+def test_report_on_names_that_are_not_utf8_and_a_sqlite_name_with_hash(tmp_path, tiny_model_path):
+    """A file name that is not UTF-8 (csra carries it as surrogate escapes) makes a valid page, and
+    an output named with '#' is read back from its SQLite file, not from a stray 'run' beside it."""
+    folder = tmp_path / "imgs"
+    make_image(folder / "plain.jpg")
+    make_image(folder / "cafe.jpg").rename(os.fsdecode(bytes(folder / "caf") + b"\xe9.jpg"))
+    Path(os.fsdecode(bytes(folder / "broken") + b"\xff.jpg")).write_bytes(b"x")
+    db = tmp_path / "run#2.sqlite"
+    res = csra("tag", folder, "-o", db, "-m", tiny_model_path, "-q", "--report", tmp_path / "r.html")
+    assert res.exit_code == 1, res.output  # the broken file is an error record; the rest are tagged
+    html = (tmp_path / "r.html").read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    shown, thumbs = page_records(tmp_path / "r.html")
+    assert len(shown) == 2 and all(thumbs) and "caf\\udce9.jpg" in html and "broken\\udcff.jpg</td>" in html
+    assert csra("report", db, "--out", tmp_path / "again.html").exit_code == 0
+    assert not (tmp_path / "run").exists()
+    assert len(page_records(tmp_path / "again.html")[0]) == 2
+
+
+def test_uri_keys_do_not_depend_on_the_working_folder(tmp_path, monkeypatch):
+    from csra_cli.results.sinks import path_key
+
+    keys = {path_key("s3://bucket/a//x.jpg")}
+    monkeypatch.chdir(tmp_path)
+    keys.add(path_key("s3://bucket/a//x.jpg"))
+    assert keys == {"s3://bucket/a//x.jpg"} and path_key("s3://bucket/a/x.jpg") != "s3://bucket/a//x.jpg"

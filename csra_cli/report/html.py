@@ -17,12 +17,15 @@ THUMB_PX = 160
 
 
 def esc(text) -> str:
-    return html.escape(str(text), quote=True)
+    """HTML-escaped text; a file name that is not UTF-8 (kept as surrogate escapes) shows its
+    undecodable bytes as \\udcXX rather than breaking the page."""
+    return html.escape(str(text).encode("utf-8", "backslashreplace").decode("utf-8"), quote=True)
 
 
 def script_json(obj) -> str:
     """JSON to put inside <script type="application/json">: no '<' can close the tag early."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    # ASCII: a file name that is not UTF-8 travels as \\udcXX escapes, which any page can hold
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def thumbnail(path: str, size: int = THUMB_PX, quality: int = 60) -> str:
@@ -51,7 +54,7 @@ def thumbnails(paths: Iterable[str], size: int = THUMB_PX, workers: int | None =
 def link_to(path: str, page: Path) -> str:
     """A link from the page to the image (relative, so a moved folder keeps working)."""
     try:
-        return quote(Path(os.path.relpath(Path(path).resolve(), page.resolve().parent)).as_posix())
+        return quote(os.fsencode(Path(os.path.relpath(Path(path).resolve(), page.resolve().parent)).as_posix()))
     except ValueError:  # another drive on Windows
         return Path(path).resolve().as_uri()
 

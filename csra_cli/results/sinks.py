@@ -61,8 +61,11 @@ def make_record(path: str, tags: list[str], scores: dict[str, float], error: str
 
 
 def path_key(path: str) -> str:
-    """What identifies an image across runs: its normalised absolute path."""
-    return os.path.normpath(os.path.abspath(path))
+    """What identifies an image across runs: its normalised absolute path (a URI as it is:
+    it does not depend on the working folder, and s3://b/a//x and s3://b/a/x are two objects)."""
+    from ..data.remote import is_uri
+
+    return path if is_uri(path) else os.path.normpath(os.path.abspath(path))
 
 
 class DoneSet(set):

@@ -58,7 +58,8 @@ def write_db(path: str | Path, records: Iterable[dict]) -> None:
 
 def read_db(path: str | Path) -> Iterator[tuple[str, list[str], dict, str, dict | None, str | None, str | None]]:
     """(path, tags, scores, error, all_scores or None, model, tagged_at) per image, in id order."""
-    con = sqlite3.connect(f"file:{Path(path).resolve().as_posix()}?mode=ro", uri=True)
+    # as_uri percent-encodes '#', '?' and '%': in a raw "file:" URI they would cut the name short
+    con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
         tags: dict[int, list] = {}
         for image_id, tag, score in con.execute("SELECT image_id, tag, score FROM tags ORDER BY image_id, rowid"):
