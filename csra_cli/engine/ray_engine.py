@@ -20,7 +20,7 @@ import numpy as np
 
 from ..data.remote import is_uri, read_uri
 from ..errors import CSRAError
-from .tagging import TagStats, deliver, image_record, record_stamp
+from .tagging import TagStats, deliver, image_record, pending, record_stamp
 
 INSTALL_HINT = "pip install 'csra[ray]'"
 
@@ -161,13 +161,7 @@ def run_tagging_ray(runner, spec: dict, paths: Iterable[str], sinks: list, thres
     """``run_tagging`` on a Ray cluster: the same records, sinks, hooks and statistics."""
     classes = runner.card.classes
     stats = TagStats()
-    skip = skip or set()
-    todo = []
-    for p in paths:  # only what the journal does not have yet goes to the cluster
-        if p in skip:
-            stats.skipped += 1
-        else:
-            todo.append(p)
+    todo = list(pending(paths, skip, stats))  # only what the journal does not have yet goes to the cluster
     with ray_session(address) as ray:
         for batch_paths, probs, errors in score_on_ray(ray, spec, runner.pre, todo, batch_size):
             stamp = record_stamp(runner.card.name)

@@ -104,7 +104,7 @@ class OnnxRunner:
 def weights_sha256(path: Path) -> str:
     """sha256 of a weights file, remembered per (path, size, mtime) in the cache so that a start-up
     costs a stat, not a read of the whole file; a changed file is hashed again."""
-    from ..fileio import atomic_write_bytes
+    from ..fileio import atomic_write_bytes, sha256_file
     from ..models.registry import cache_dir
 
     path = Path(path).resolve()
@@ -118,24 +118,24 @@ def weights_sha256(path: Path) -> str:
     hit = memo.get(str(path))
     if hit and hit[:2] == stamp:
         return hit[2]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    memo[str(path)] = stamp + [digest.hexdigest()]
+    digest = sha256_file(path)
+    memo[str(path)] = stamp + [digest]
     try:
         atomic_write_bytes(memo_file, json.dumps(memo, indent=1).encode())
     except OSError:  # a read-only cache only costs the hashing next time
         pass
-    return digest.hexdigest()
+    return digest
 
 
 def export_key(weights: Path, card: ModelCard) -> str:
     """Identity of an export: the weights' bytes and the card fields that shape the graph
     (preprocessing and thresholds stay outside the graph, so they are not part of it)."""
-    shape = repr((card.arch, card.num_heads, card.lam, card.input_size, sorted(card.arch_kwargs.items()),
-                  ONNX_OPSET))
-    return hashlib.sha256(f"{weights_sha256(weights)}|{shape}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"{weights_sha256(weights)}|{_graph_fields(card)}".encode()).hexdigest()[:24]
+
+
+def _graph_fields(card: ModelCard) -> str:
+    """The card fields that shape the exported graph, and the opset."""
+    return repr((card.arch, card.num_heads, card.lam, card.input_size, sorted(card.arch_kwargs.items()), ONNX_OPSET))
 
 
 def cache_path(weights: Path, card: ModelCard, precision: str = "fp32") -> Path:
@@ -149,9 +149,7 @@ def _graph_digest(model) -> str:
     """Identity of what the exported graph computes: the weights and the card fields that shape it."""
     from ..models.checkpoint import state_digest
 
-    c = model.card
-    shape = repr((c.arch, c.num_heads, c.lam, c.input_size, sorted(c.arch_kwargs.items()), ONNX_OPSET))
-    return state_digest(model, shape.encode())[:24]
+    return state_digest(model, _graph_fields(model.card).encode())[:24]
 
 
 ONNX_OPSET = 18  # the torch.export-based exporter: its graph ran ~1.4x faster than opset 17's here

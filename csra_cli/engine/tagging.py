@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -76,23 +76,24 @@ def deliver(rec: dict, sinks: list, stats: TagStats, on_record: Callable[[dict],
         on_record(rec)
 
 
+def pending(paths: Iterable[str], skip, stats: TagStats) -> Iterator[str]:
+    """The paths not done yet (``skip``: the output's finished images), counting the others."""
+    for p in paths:
+        if skip and p in skip:
+            stats.skipped += 1
+        else:
+            yield p
+
+
 def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarray, *, batch_size: int = 16,
                 workers: int = 2, top_k: int | None = None, allowed: np.ndarray | None = None,
                 all_scores: bool = False, on_record: Callable[[dict], None] | None = None,
                 progress: Callable[[int], None] | None = None, skip: set[str] | None = None) -> TagStats:
     stats = TagStats()
-    skip = skip or set()
-
-    def todo():
-        for p in paths:
-            if p in skip:
-                stats.skipped += 1
-            else:
-                yield p
-
     waits = LoaderStats()
     with DecodePool(runner.pre, workers) as pool:  # one pool for the whole run
-        for _, batch_paths, batch, errors in stream_batches(todo(), runner.pre, batch_size, pool=pool, stats=waits):
+        for _, batch_paths, batch, errors in stream_batches(pending(paths, skip, stats), runner.pre, batch_size,
+                                                            pool=pool, stats=waits):
             _emit(runner, batch_paths, batch, errors, stats, sinks, thresholds, top_k, allowed, all_scores, on_record)
             if progress:
                 progress(len(batch_paths))
