@@ -141,3 +141,46 @@ def test_saved_scores_are_float32_exact(tmp_path):
     got_paths, classes, got = read_scores(str(tmp_path / "s.csv"))
     assert got_paths == paths and classes == ["a", "b", "c"]
     assert np.array_equal(got, scores, equal_nan=True)
+
+
+def test_flip_averaging_gives_an_image_and_its_mirror_the_same_scores(tmp_path, tiny_model_path):
+    from PIL import Image, ImageOps
+
+    make_image(tmp_path / "a.png", size=(64, 64))  # PNG: the mirror is exact, no JPEG re-encoding
+    ImageOps.mirror(Image.open(tmp_path / "a.png")).save(tmp_path / "b.png")
+    lab = tmp_path / "labels.csv"
+    lab.write_text("path,tags\na.png,cat\nb.png,dog\n")
+
+    def scores(*flags):
+        out = tmp_path / f"s{len(flags)}.csv"
+        res = invoke("eval", "--dataset", "csv", "--labels", lab, "-m", tiny_model_path, "--save-scores", out,
+                     "--json", tmp_path / "r.json", "-q", *flags)
+        assert res.exit_code == 0, res.output
+        return pd.read_csv(out).iloc[:, 1:].to_numpy(), json.loads((tmp_path / "r.json").read_text())
+
+    plain, report = scores()
+    tta, tta_report = scores("--tta")
+    assert not report["tta"] and tta_report["tta"]
+    assert np.abs(plain[0] - plain[1]).max() > 1e-4  # the random model is not mirror-symmetric …
+    np.testing.assert_allclose(tta[0], tta[1], atol=1e-6)  # … but its flip-averaged scores are
+    np.testing.assert_allclose(tta[0], (plain[0] + plain[1]) / 2, atol=1e-6)
+
+
+def test_flip_averaged_runner_mirrors_numpy_and_torch_batches():
+    import torch
+
+    from csra_cli.engine.runners import FlipAveraged
+
+    class LeftHalf:  # "probability" = mean of the left half of the image
+        card = "the card"
+
+        def __call__(self, batch):
+            b = np.asarray(batch, dtype=np.float64)
+            return b[..., : b.shape[-1] // 2].mean(axis=(1, 2, 3))[:, None]
+
+    batch = np.zeros((1, 3, 4, 4), dtype=np.uint8)
+    batch[..., :2] = 200  # bright left half, dark right half
+    tta = FlipAveraged(LeftHalf())
+    assert tta.card == "the card"
+    assert tta(batch)[0, 0] == pytest.approx(100.0)
+    assert tta(torch.from_numpy(batch))[0, 0] == pytest.approx(100.0)

@@ -157,3 +157,24 @@ def test_train_with_asl(tmp_path):
     assert load_model(str(tmp_path / "run" / "asl-toy.safetensors")).card.training["config"]["loss"] == "asl"
     bad = runner.invoke(app, [str(a) for a in args[:-4] + ["--loss", "focal"]])
     assert bad.exit_code == 2 and "--loss" in bad.output
+
+
+def test_a_model_trained_at_one_size_runs_at_its_test_size(tmp_path, isolated_home):
+    lab = _dataset(tmp_path / "data", n=16)
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "csv", "--labels", lab, "--val-labels", lab, "--arch", "efficientnet_lite0",
+            "--input-size", "64", "--test-size", "96", "--heads", "1", "--epochs", "1", "--batch-size", "8",
+            "--optimizer", "adamw", "--lr", "0.001", "--warmup-epochs", "0", "--trainable-stages", "1",
+            "--workers", "0", "--out", out, "--name", "toy96"]
+    res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    card = load_model(str(out / "toy96.safetensors")).card
+    assert card.input_size == 96  # tag/eval/export run it at the test size …
+    assert card.training["config"]["input_size"] == 64 and card.training["config"]["test_size"] == 96
+    # … and its val metrics and thresholds were measured there: val features cached at 96 px
+    metas = [json.loads(p.read_text()) for p in (isolated_home / "features").glob("*.json")]
+    assert sorted({(m["size"], m["images"], m["flip"]) for m in metas}) == [(64, 16, False), (64, 16, True),
+                                                                            (96, 16, False)]
+    bad = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--arch", "vit_b16",
+                              "--test-size", "288", "--input-size", "224"])
+    assert bad.exit_code == 2 and "position embeddings" in bad.output

@@ -217,6 +217,8 @@ WorkersOpt = Annotated[int, typer.Option("--workers", "-j", callback=in_range("-
                                          help="Decoding processes (-1: cores - 1, at most 4).")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", callback=in_range("--top-k", 1),
                                                 help="At most K classes per image, best first.")]
+TTAOpt = Annotated[bool, typer.Option(
+    "--tta", help="Test-time augmentation: average each image's scores with its mirror image's (2x the model work).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 # Where the images are decoded and scored: this process, or a Ray cluster (pip install 'csra[ray]').
 EngineOpt = Annotated[str, typer.Option(
@@ -250,16 +252,17 @@ def load_model_for(model, arch=None, heads=None, lam=None, class_names=None):
     return load_model(model, arch=arch, num_heads=heads, lam=lam, classes=class_names)
 
 
-def runner_for(model, backend, device, precision, arch=None, heads=None, lam=None, class_names=None):
+def runner_for(model, backend, device, precision, arch=None, heads=None, lam=None, class_names=None, tta=False):
     """The runner (PyTorch or onnxruntime) named by the shared model and device options."""
     from ..engine.runners import make_runner
 
     warn_official_settings(model, lam, class_names)
 
-    return make_runner(model, backend, device, check_precision(precision), arch, heads, lam, class_names)
+    return make_runner(model, backend, device, check_precision(precision), arch, heads, lam, class_names, tta)
 
 
-def ray_spec_for(engine, model, backend, device, precision, arch=None, heads=None, lam=None, class_names=None):
+def ray_spec_for(engine, model, backend, device, precision, arch=None, heads=None, lam=None, class_names=None,
+                 tta=False):
     """For --engine ray: what each Ray actor needs to build the same runner (None for local).
     Ray's absence is reported here, before any model is loaded."""
     if check_engine(engine) == "local":
@@ -267,4 +270,4 @@ def ray_spec_for(engine, model, backend, device, precision, arch=None, heads=Non
     from ..engine.ray_engine import model_spec, require_ray
 
     require_ray()
-    return model_spec(model, backend, device, check_precision(precision), arch, heads, lam, class_names)
+    return model_spec(model, backend, device, check_precision(precision), arch, heads, lam, class_names, tta)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import (ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt, DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt,
-                  PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, check_output, handle_errors, in_range,
+                  PrecisionOpt, QuietOpt, TTAOpt, RayAddressOpt, WorkersOpt, app, check_output, handle_errors, in_range,
                   ray_spec_for, resolve_workers, runner_for)
 from ..console import err, start_progress, warn
 from ..errors import CSRAError
@@ -44,6 +44,7 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     backend: BackendOpt = "auto",
+    tta: TTAOpt = False,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     quiet: QuietOpt = False,
@@ -76,9 +77,9 @@ def eval_cmd(
         model_name = scores
     else:
         workers = resolve_workers(workers)
-        spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names)
+        spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names, tta)
         set_threads()
-        runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
+        runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names, tta)
         card, model_classes, model_name = runner.card, runner.card.classes, runner.card.name
         progress = start_progress(len(data), "scoring", quiet)
         try:
@@ -109,7 +110,8 @@ def eval_cmd(
         at = evaluate(sc[readable], lab[readable], classes, per, ap)
         report["model_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
     report.update({
-        "model": model_name, "dataset": data.name, "split": split if dataset == "voc" else None,
+        "model": model_name, "tta": bool(tta and not scores), "dataset": data.name,
+        "split": split if dataset == "voc" else None,
         "threshold": threshold, "ap": ap, "classes_evaluated": classes, "dataset_classes_left_out": left_data,
         "model_classes_unmatched": left_model, "num_images_labelled": len(data),
         "num_images_failed": len(failures), "failed": [{"path": p, "error": e} for p, e in failures],

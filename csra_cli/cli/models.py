@@ -26,16 +26,20 @@ def _size(n: int | None) -> str:
 def _rows() -> list[dict]:
     """One row per model: its whole registry entry (or card, for imported ones) plus where it is."""
     default = registry.default_name()
+    short = {}
+    for alias, name in registry.aliases().items():
+        if alias != "default":
+            short.setdefault(name, []).append(alias)
     rows = []
     for e in registry.entries():
         path = registry.installed_path(e)
-        rows.append({**e, "default": e["name"] == default, "kind": e.get("kind", "official"),
+        rows.append({**e, "default": e["name"] == default, "aliases": short.get(e["name"], []), "kind": e.get("kind", "official"),
                      "arch": e.get("arch"), "heads": e.get("num_heads"), "dataset": e.get("dataset"),
                      "mAP": (e.get("metrics") or {}).get("mAP"), "size": e.get("size"),
                      "installed": str(path) if path else None})
     for p in registry.imported_models():
         card = json.loads(p.with_suffix(".json").read_text())
-        rows.append({**card, "name": p.stem, "default": False, "kind": "imported", "arch": card.get("arch"),
+        rows.append({**card, "name": p.stem, "default": False, "aliases": [], "kind": "imported", "arch": card.get("arch"),
                      "heads": card.get("num_heads"), "dataset": None,
                      "mAP": (card.get("metrics") or {}).get("mAP"), "size": p.stat().st_size, "installed": str(p)})
     return rows
@@ -43,7 +47,7 @@ def _rows() -> list[dict]:
 
 # Table columns, most wanted first; the ones after the name are dropped right to left when the
 # terminal is too narrow, so a model name is never cut.
-_COLUMNS = [("name", lambda r: r["name"] + (" *" if r["default"] else "")),
+_COLUMNS = [("name", lambda r: r["name"] + "".join(f" ({a})" for a in r["aliases"]) + (" *" if r["default"] else "")),
             ("installed", lambda r: "yes" if r["installed"] else "no"),
             ("mAP", lambda r: "" if r["mAP"] is None else f"{r['mAP']}"),
             ("kind", lambda r: r["kind"]),

@@ -13,7 +13,7 @@ import typer
 from ..console import err, error, info, warn
 from ..errors import CSRAError
 from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt,
-                  DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, RayAddressOpt, TopKOpt,
+                  DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, TTAOpt, RayAddressOpt, TopKOpt,
                   WorkersOpt, app, check_inputs_exist, check_output, handle_errors, in_range, ray_spec_for,
                   resolve_workers, runner_for)
 from .report import ReportOpt, check_report_path, write_tag_report
@@ -45,6 +45,7 @@ def tag(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     backend: BackendOpt = "auto",
+    tta: TTAOpt = False,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --out.")] = False,
@@ -84,7 +85,7 @@ def _silence_stdout() -> None:
 
 def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thresholds, top_k, classes, scores,
          sidecar, xmp_name, overwrite_sidecars, null, recursive, batch_size, workers, device, precision, backend,
-         engine, ray_address, resume, overwrite, report, quiet):
+         tta, engine, ray_address, resume, overwrite, report, quiet):
     import numpy as np
 
     from ..console import start_progress
@@ -125,9 +126,9 @@ def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thre
     check_output(out)
     started = time.time()
     workers = resolve_workers(workers)
-    spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names)
+    spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names, tta)
     set_threads()
-    runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names)
+    runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names, tta)
     preparing = time.time() - started  # loading, and a first-use ONNX export: part of the elapsed time
     names = runner.card.classes
     # --threshold sets every class; the card's per-class thresholds apply only without a flag

@@ -28,7 +28,8 @@ def train(
     arch: Annotated[str, typer.Option(help="Backbone (ImageNet weights for EfficientNet-Lite).")] = "efficientnet_lite0",
     heads: Annotated[int, typer.Option(help="CSRA heads: 1, 2, 4, 6 or 8.")] = 1,
     lam: Annotated[float, typer.Option(help="Lambda.")] = 0.1,
-    input_size: Annotated[int, typer.Option(callback=in_range("--input-size", 32))] = 448,
+    input_size: Annotated[int, typer.Option(callback=in_range("--input-size", 32), help="Training image size.")] = 448,
+    test_size: Annotated[Optional[int], typer.Option(callback=in_range("--test-size", 32), help="Size the model runs at (validation, thresholds, the card); default --input-size. CNNs trained on random crops do better a little larger (FixRes).")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Normalisation mean 'r,g,b' (default: 0.5 for EfficientNet-Lite/ViT, none for ResNet).")] = None,
     std: Annotated[Optional[str], typer.Option(help="Normalisation std 'r,g,b'.")] = None,
     epochs: Annotated[int, typer.Option(callback=in_range("--epochs", 1))] = 30,
@@ -81,6 +82,8 @@ def train(
         raise CSRAError("--loss: use bce or asl")
     if optimizer not in ("sgd", "adamw"):
         raise CSRAError("--optimizer: use sgd or adamw")
+    if test_size and test_size != input_size and arch.startswith("vit"):
+        raise CSRAError("--test-size works with CNN backbones; a ViT's position embeddings fix its input size")
     parse = lambda s: [float(v) for v in s.split(",")] if s else None  # noqa: E731
     m, s = parse(mean), parse(std)
     if m is None and s is None and not arch.startswith("resnet"):
@@ -95,14 +98,15 @@ def train(
         val_set = open_dataset("coco", annotations=val_annotations, images=val_images)
     elif dataset == "csv" and val_labels:
         val_set = open_dataset("csv", labels=val_labels, tag_sep=tag_sep, classes=train_set.classes)
-    cfg = TrainConfig(arch=arch, num_heads=heads, lam=lam, input_size=input_size, mean=m, std=s, epochs=epochs,
+    cfg = TrainConfig(arch=arch, num_heads=heads, lam=lam, input_size=input_size,
+                      test_size=test_size if test_size != input_size else None, mean=m, std=s, epochs=epochs,
                       batch_size=batch_size, optimizer=optimizer, lr=lr, head_lr_mult=head_lr_mult,
                       momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                       lr_step=lr_step, lr_gamma=lr_gamma, crop_scale=(crop_scale_min, 1.0),
                       trainable_stages=stages, workers=workers, seed=seed, loss=loss, half=not fp32, ema=ema,
                       license=license, attribution=attribution)
     set_threads()
-    info(f"training {arch} ({heads} heads, lambda {lam}) at {input_size}px on {len(train_set)} images"
+    info(f"training {arch} ({heads} heads, lambda {lam}) at {input_size}px{f' (run at {test_size}px)' if test_size and test_size != input_size else ''} on {len(train_set)} images"
          + (f", validating on {len(val_set)}" if val_set else ""))
     path, report = run_train(cfg, train_set, val_set, out, name, resume=resume, log=info)
     if report:

@@ -35,7 +35,7 @@ def require_ray():
 
 
 def model_spec(model, backend="auto", device="auto", precision="auto", arch=None, heads=None, lam=None,
-               class_names=None) -> dict:
+               class_names=None, tta=False) -> dict:
     """What each actor passes to make_runner. Local files become absolute paths (workers start
     elsewhere), and ``auto`` takes this machine's CSRA_BACKEND, so the driver's choice holds."""
     def absolute(p):
@@ -46,7 +46,7 @@ def model_spec(model, backend="auto", device="auto", precision="auto", arch=None
     if device.startswith("cuda"):
         device = "cuda"  # Ray gives each actor its own GPU, which it sees as cuda:0
     return {"model": absolute(model), "backend": backend, "device": device, "precision": precision,
-            "arch": arch, "heads": heads, "lam": lam, "class_names": absolute(class_names)}
+            "arch": arch, "heads": heads, "lam": lam, "class_names": absolute(class_names), "tta": tta}
 
 
 @contextlib.contextmanager

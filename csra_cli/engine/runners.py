@@ -100,6 +100,23 @@ class OnnxRunner:
         return 1.0 / (1.0 + np.exp(-logits))
 
 
+class FlipAveraged:
+    """Test-time augmentation: each batch runs as it is and mirrored left-right, and the two
+    probabilities are averaged (twice the model's work). Everything else is the wrapped runner's."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __getattr__(self, name):
+        if name == "runner":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.runner, name)
+
+    def __call__(self, batch) -> np.ndarray:
+        mirrored = batch.flip(-1) if hasattr(batch, "flip") else np.ascontiguousarray(np.asarray(batch)[..., ::-1])
+        return (self.runner(batch) + self.runner(mirrored)) / 2
+
+
 # ----------------------------------------------------------------------------- the export cache
 def weights_sha256(path: Path) -> str:
     """sha256 of a weights file, remembered per (path, size, mtime) in the cache so that a start-up
@@ -228,10 +245,16 @@ def int8_missing(name: str) -> str:
 
 
 def make_runner(model: str | None, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                arch=None, heads=None, lam=None, class_names=None):
+                arch=None, heads=None, lam=None, class_names=None, tta: bool = False):
     """The runner for a model name or file. auto: onnxruntime on the CPU (a cached, verified
     export of the model, found without importing torch when it is there), PyTorch elsewhere;
-    onnx: an exported ``.onnx`` file. int8: the cached quantised export (CPU only)."""
+    onnx: an exported ``.onnx`` file. int8: the cached quantised export (CPU only).
+    ``tta``: average each image's scores with its mirror image's."""
+    runner = _make_runner(model, backend, device, precision, arch, heads, lam, class_names)
+    return FlipAveraged(runner) if tta else runner
+
+
+def _make_runner(model, backend, device, precision, arch, heads, lam, class_names):
     from ..errors import CSRAError
     from ..models.loading import load_model, resolve
     from .device import parse_device

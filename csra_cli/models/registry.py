@@ -40,6 +40,16 @@ def default_name() -> str:
     return load_registry()["default"]
 
 
+def aliases() -> dict[str, str]:
+    """Short names of shipped models ("default", "fast") -> their registry names."""
+    reg = load_registry()
+    return {"default": reg["default"], **reg.get("aliases", {})}
+
+
+def canonical(name: str) -> str:
+    return aliases().get(name, name)
+
+
 def imported(name: str) -> Path | None:
     """A model converted with ``csra models import`` (or copied) into the cache under this name."""
     try:

@@ -39,6 +39,7 @@ class TrainConfig:
     num_heads: int = 1
     lam: float = 0.1
     input_size: int = 448
+    test_size: int | None = None  # the size the model runs at after training (None: input_size)
     mean: list | None = None
     std: list | None = None
     epochs: int = 30
@@ -91,7 +92,7 @@ def _file_stamp(paths: list[str]) -> str:
 def cached_features(frozen: nn.Module, data: LabelledSet, pre: Preprocess, flip: bool, cfg: TrainConfig,
                     log=print) -> np.memmap:
     """Feature maps of the frozen stages for every image, fp16 on disk; computed once."""
-    key = _digest(cfg.arch, cfg.input_size, cfg.mean, cfg.std, cfg.trainable_stages, flip,
+    key = _digest(cfg.arch, pre.size, cfg.mean, cfg.std, cfg.trainable_stages, flip,
                   _frozen_digest(frozen), _file_stamp(data.paths))
     folder = cache_dir() / "features"
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def cached_features(frozen: nn.Module, data: LabelledSet, pre: Preprocess, flip:
     out.flush()
     del out
     tmp.replace(path)
-    meta_path.write_text(json.dumps({"shape": shape, "arch": cfg.arch, "size": cfg.input_size,
+    meta_path.write_text(json.dumps({"shape": shape, "arch": cfg.arch, "size": pre.size,
                                      "flip": flip, "images": len(data)}))
     return np.lib.format.open_memmap(path, mode="r")
 
@@ -206,8 +207,9 @@ def _seed(seed: int) -> None:
 @torch.inference_mode()
 def predict_cached(tail: Tail, feats: np.ndarray, batch: int = 64) -> np.ndarray:
     tail.eval()
-    out = [torch.sigmoid(tail(torch.from_numpy(np.asarray(feats[i:i + batch], dtype=np.float32)))).numpy()
-           for i in range(0, len(feats), batch)]
+    cl = torch.channels_last
+    out = [torch.sigmoid(tail(torch.from_numpy(np.asarray(feats[i:i + batch], dtype=np.float32))
+                              .contiguous(memory_format=cl))).numpy() for i in range(0, len(feats), batch)]
     return np.concatenate(out)
 
 
@@ -248,7 +250,8 @@ def _cached_batches(feats, feats_flip, n: int, cfg: TrainConfig, epoch: int):
         plain, mirrored = idx[~flips[idx]], idx[flips[idx]]
         parts = [torch.from_numpy(np.asarray(src[i], dtype=np.float32)) for src, i in
                  ((feats, plain), (feats_flip, mirrored)) if len(i)]
-        yield random_resized_crop(torch.cat(parts), cfg.crop_scale), np.concatenate([plain, mirrored])
+        x = random_resized_crop(torch.cat(parts), cfg.crop_scale).contiguous(memory_format=torch.channels_last)
+        yield x, np.concatenate([plain, mirrored])
 
 
 def _image_batches(loader, pre: Preprocess, cfg: TrainConfig, epoch: int):
@@ -277,6 +280,10 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
                      attribution=cfg.attribution or default_attribution(cfg.arch, train_set.name))
     model = create_model(cfg.arch, len(classes), cfg.num_heads, cfg.lam, pretrained=True, card=card)
     pre = Preprocess.from_card(card)
+    # Trained on random crops at input_size, a CNN sees objects larger than in whole images at
+    # that size; running it at a larger test_size matches them again (FixRes, Touvron et al. 2019).
+    # Validation, thresholds and the card use the test size.
+    test_pre = Preprocess(cfg.test_size, cfg.mean, cfg.std) if cfg.test_size else pre
     frozen, tail = split_model(model, cfg.trainable_stages)
     whole = isinstance(frozen, nn.Identity)  # nothing frozen: train on augmented images, no cache
     for p in frozen.parameters():
@@ -285,17 +292,17 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         loader = torch.utils.data.DataLoader(AugmentedImages(train_set.paths, pre, cfg.crop_scale),
                                              batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                                              drop_last=len(train_set) > cfg.batch_size)
-        tail = tail.to(memory_format=torch.channels_last)
         batches = lambda epoch: _image_batches(loader, pre, cfg, epoch)  # noqa: E731
-        predict_val = (lambda: _predict_images(model, val_set, pre, cfg)) if val_set else None
+        predict_val = (lambda: _predict_images(model, val_set, test_pre, cfg)) if val_set else None
         steps = len(loader)
     else:
         feats = cached_features(frozen, train_set, pre, False, cfg, log)
         feats_flip = cached_features(frozen, train_set, pre, True, cfg, log)
-        val_feats = cached_features(frozen, val_set, pre, False, cfg, log) if val_set else None
+        val_feats = cached_features(frozen, val_set, test_pre, False, cfg, log) if val_set else None
         batches = lambda epoch: _cached_batches(feats, feats_flip, len(train_set), cfg, epoch)  # noqa: E731
         predict_val = (lambda: predict_cached(tail, val_feats)) if val_set else None
         steps = math.ceil(len(train_set) / cfg.batch_size)
+    tail = tail.to(memory_format=torch.channels_last)  # ~25% faster convolutions on the CPU
     labels = torch.from_numpy(train_set.labels.astype(np.float32))
     weight = torch.from_numpy((train_set.labels >= 0).astype(np.float32))
     opt = make_optimizer(tail, cfg)
@@ -366,6 +373,7 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
             "per_class_thresholds": {k: round(at_t[k], 2) for k in ("CF1", "OF1")},
             "note": "thresholds chosen on this same split; their CF1/OF1 are optimistic",
         }
+    card.input_size = test_pre.size
     card.training = {"data": train_set.name, "images": len(train_set), "config": asdict(cfg),
                      "history": history, **(card_extra or {})}
     model.eval()
