@@ -45,10 +45,21 @@ def make_progress(total: int | None, description: str):
     return progress, task
 
 
+_last_status_line = float("-inf")
+
+
 def status(text: str) -> None:
-    """A one-line status that rewrites itself, shown only on a terminal (logs stay clean)."""
+    """A one-line status that rewrites itself on a terminal; in a log (nohup, CI) the same text as
+    a plain line every CSRA_STATUS_SECONDS (30), so a long run still shows it is alive."""
+    global _last_status_line
     if sys.stderr.isatty():
         sys.stderr.write(f"\r{text}\033[K")
+        sys.stderr.flush()
+        return
+    now = time.monotonic()
+    if now - _last_status_line >= float(os.environ.get("CSRA_STATUS_SECONDS", "30")):
+        _last_status_line = now
+        sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
 

@@ -34,6 +34,52 @@ def test_shipped_default_is_self_describing_and_intact():
     assert path.stat().st_size < 25e6
 
 
+def shipped_models() -> list[tuple[dict, Path, dict]]:
+    out = []
+    for e in registry.entries():
+        if e["kind"] == "shipped":
+            path = registry.weights_dir() / e["file"]
+            out.append((e, path, json.loads(path.with_suffix(".json").read_text())))
+    return out
+
+
+def test_the_shipped_models_fit_in_the_wheel_with_complete_cards():
+    models = shipped_models()
+    assert {e["name"] for e, _, _ in models} >= {registry.default_name(), registry.canonical("fast")}
+    assert sum(p.stat().st_size + p.with_suffix(".json").stat().st_size for _, p, _ in models) <= 40e6
+    for e, path, card in models:
+        assert card["sha256"] == sha256_file(path) == e["sha256"] and e["size"] == path.stat().st_size
+        assert card["input_size"] == e["input_size"] and card["metrics"]["mAP"] == e["metrics"]["mAP"]
+        t = card["training"]
+        assert t["data"].startswith("PASCAL VOC2007") and t["command"].startswith("csra train --dataset voc")
+        assert f"--name {card['name']}" in t["command"] and f"--test-size {card['input_size']}" in t["command"]
+        assert t["config"]["test_size"] == card["input_size"] and t["history"][-1]["val_size"] == t["config"]["input_size"]
+        assert set(card["thresholds"]) == set(VOC_CLASSES) and card["license"] and card["attribution"]
+        assert {"mAP", "CF1", "OF1", "per_class_thresholds", "dataset"} <= set(card["metrics"])
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:  # fp16 weights (the mAP is the fp32 one's)
+            assert {str(f.get_tensor(k).dtype) for k in f.keys() if "running" not in k} <= {"float16", "int64"}
+    fast, default = (next(c for e, _, c in models if e["name"] == registry.canonical(n)) for n in ("fast", "default"))
+    assert default["metrics"]["mAP"] >= 91.0 and fast["metrics"]["mAP"] >= 88.0
+    assert fast["input_size"] < default["input_size"]
+
+
+def test_fast_is_a_short_name_that_tag_and_models_know(tmp_path):
+    model = load_model("fast")
+    assert model.card.name == registry.canonical("fast") != registry.default_name()
+    assert load_model("default").card.name == registry.default_name()
+    listing = runner.invoke(app, ["models"], env={"COLUMNS": "200"}, catch_exceptions=False).stdout
+    assert f"{model.card.name} (fast)" in listing
+    info = runner.invoke(app, ["models", "info", "fast"], catch_exceptions=False)
+    assert info.exit_code == 0 and json.loads(info.stdout)["card"]["name"] == model.card.name
+    from .conftest import make_image
+
+    photo = make_image(tmp_path / "a.jpg", size=(96, 80))
+    res = runner.invoke(app, ["tag", str(photo), "--model", "fast", "-q", "--tta"], catch_exceptions=False)
+    assert res.exit_code == 0 and json.loads(res.stdout)["error"] is None
+
+
 def test_default_loads_without_arguments_and_offline():
     model = load_model()
     assert model.card.name == registry.default_name() and not model.training
@@ -73,3 +119,12 @@ def test_threshold_flag_overrides_the_cards_per_class_thresholds():
     assert high == [c for c in default if scores[c] >= 0.99]
     assert len(low) > len(default) > len(high) >= 1
     assert len(tagged("--threshold", "0")[0]) == 20
+
+
+def test_a_users_own_model_named_fast_wins_over_the_short_name(tiny_model_path, isolated_home):
+    import shutil
+
+    for ext in (".safetensors", ".json"):
+        shutil.copyfile(tiny_model_path.with_suffix(ext), isolated_home / f"fast{ext}")
+    assert load_model("fast").card.name == "tiny"
+    assert registry.entry("default")["name"] == registry.default_name()

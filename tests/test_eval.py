@@ -184,3 +184,16 @@ def test_flip_averaged_runner_mirrors_numpy_and_torch_batches():
     assert tta.card == "the card"
     assert tta(batch)[0, 0] == pytest.approx(100.0)
     assert tta(torch.from_numpy(batch))[0, 0] == pytest.approx(100.0)
+
+
+def test_tta_is_refused_with_a_scores_file_and_recorded_in_tag_records(tmp_path, tiny_model_path):
+    lab = write_labels(tmp_path)
+    (tmp_path / "s.csv").write_text("path,cat\na.jpg,0.5\n")
+    res = invoke("eval", "--dataset", "csv", "--labels", lab, "--scores", tmp_path / "s.csv", "--tta")
+    assert res.exit_code == 2 and "no model runs" in res.output
+    out = tmp_path / "t.sqlite"
+    assert invoke("tag", tmp_path / "a.jpg", "-m", tiny_model_path, "--tta", "-o", out, "-q").exit_code == 0
+    import sqlite3
+
+    models = {m for (m,) in sqlite3.connect(out).execute("select model from images")}
+    assert models == {"tiny+tta"}

@@ -34,3 +34,17 @@ def test_log_progress_waits_between_lines():
     assert re.fullmatch(r"scoring: 20/100 \(20%\), [\d.]+ img/s, ETA \S+\n", out.getvalue())
     assert LogProgress(None, "tagging", every=0).line(p.started + 2).startswith("tagging: 0 images")
     assert (clock(5), clock(125), clock(3725)) == ("5s", "2m05s", "1h02m05s")
+
+
+def test_a_training_status_off_a_terminal_is_a_plain_line_now_and_then(monkeypatch, capsys):
+    from csra_cli import console
+
+    monkeypatch.setattr(console, "_last_status_line", float("-inf"))
+    monkeypatch.setenv("CSRA_STATUS_SECONDS", "3600")
+    console.status("features: 16/3475")
+    console.status("features: 32/3475")  # within the hour: not repeated
+    err = capsys.readouterr().err
+    assert err == "features: 16/3475\n"  # no \r or escape codes in a log
+    monkeypatch.setenv("CSRA_STATUS_SECONDS", "0")
+    console.status("epoch 1: step 11/218")
+    assert capsys.readouterr().err == "epoch 1: step 11/218\n"

@@ -175,6 +175,12 @@ def test_a_model_trained_at_one_size_runs_at_its_test_size(tmp_path, isolated_ho
     metas = [json.loads(p.read_text()) for p in (isolated_home / "features").glob("*.json")]
     assert sorted({(m["size"], m["images"], m["flip"]) for m in metas}) == [(64, 16, False), (64, 16, True),
                                                                             (96, 16, False)]
+    assert card.training["history"][0]["val_size"] == 96
+    # resuming at another size would mix val mAPs measured at different sizes: refused
+    other = [str(a) for a in args] + ["--resume"]
+    other[other.index("--test-size") + 1] = "128"
+    res = runner.invoke(app, other)
+    assert res.exit_code == 2 and "validated at 96 px" in res.output
     bad = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--arch", "vit_b16",
                               "--test-size", "288", "--input-size", "224"])
     assert bad.exit_code == 2 and "position embeddings" in bad.output

@@ -60,6 +60,8 @@ def eval_cmd(
     from ..engine.device import set_threads
     from ..evaluation.metrics import best_f1_thresholds, evaluate
 
+    if scores and tta:
+        raise CSRAError("--tta changes how a model scores images; with --scores FILE no model runs")
     if ap not in ("exact", "voc07-11pt"):
         raise CSRAError("--ap: use exact or voc07-11pt")
     for flag, path in (("--json", json_out), ("--save-scores", save_scores), ("--calibrate", calibrate)):

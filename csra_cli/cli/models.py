@@ -71,7 +71,9 @@ def models_table(rows: list[dict], width: int):
         if not shown or used + cost <= width:
             shown.append(name)
             used += cost
-    table = Table(title="csra models", caption="* the default model" if any(r["default"] for r in rows) else None)
+    notes = (["* the default model"] if any(r["default"] for r in rows) else []) + \
+        (["(name): a short name for --model"] if any(r.get("aliases") for r in rows) else [])
+    table = Table(title="csra models", caption="; ".join(notes) or None)
     for name in shown:
         table.add_column(name, no_wrap=name != "data", min_width=need[name] if name != "data" else None,
                          overflow="fold")

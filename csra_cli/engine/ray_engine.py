@@ -164,7 +164,7 @@ def run_tagging_ray(runner, spec: dict, paths: Iterable[str], sinks: list, thres
     todo = list(pending(paths, skip, stats))  # only what the journal does not have yet goes to the cluster
     with ray_session(address) as ray:
         for batch_paths, probs, errors in score_on_ray(ray, spec, runner.pre, todo, batch_size):
-            stamp = record_stamp(runner.card.name)
+            stamp = record_stamp(runner)
             for path, p, error in zip(batch_paths, probs, errors):
                 deliver(image_record(path, None if error else p, error, classes, thresholds, top_k, allowed,
                                      all_scores, stamp), sinks, stats, on_record)

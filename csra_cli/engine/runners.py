@@ -104,6 +104,8 @@ class FlipAveraged:
     """Test-time augmentation: each batch runs as it is and mirrored left-right, and the two
     probabilities are averaged (twice the model's work). Everything else is the wrapped runner's."""
 
+    tta = True  # recorded with each record's model name
+
     def __init__(self, runner):
         self.runner = runner
 

@@ -58,9 +58,10 @@ def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[
                        **(stamp or {}))
 
 
-def record_stamp(model_name: str) -> dict:
-    """Which model tagged an image, and when (UTC)."""
-    return {"model": model_name, "tagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+def record_stamp(runner) -> dict:
+    """Which model tagged an image (``+tta`` with flip averaging), and when (UTC)."""
+    name = runner.card.name + ("+tta" if getattr(runner, "tta", False) else "")
+    return {"model": name, "tagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def deliver(rec: dict, sinks: list, stats: TagStats, on_record: Callable[[dict], None] | None = None) -> None:
@@ -108,7 +109,7 @@ def _emit(runner, batch_paths, batch, errors, stats: TagStats, sinks, thresholds
     good = [i for i, e in enumerate(errors) if not e]
     probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
     row = {i: r for r, i in enumerate(good)}
-    stamp = record_stamp(runner.card.name)
+    stamp = record_stamp(runner)
     for i, path in enumerate(batch_paths):
         rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, thresholds,
                            top_k, allowed, all_scores, stamp)

@@ -112,9 +112,9 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     """A name, a path or None (the default model) -> the file to load and its registry entry."""
     name_or_path = name_or_path or registry.default_name()
     path = Path(name_or_path).expanduser()
-    if not path.exists():  # "fast", "default": short names of shipped models
+    if not path.exists() and registry.imported(name_or_path) is None:  # "fast", "default": shipped models
         name_or_path = registry.canonical(name_or_path)
-        path = Path(name_or_path)
+        path = Path(name_or_path).expanduser()
     if path.suffix in OFFICIAL_SUFFIXES + (".safetensors", ".json") or path.exists():
         if not path.exists():
             raise ModelNotFound(f"{path}: no such model file")

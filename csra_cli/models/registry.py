@@ -66,6 +66,7 @@ def imported_models() -> list[Path]:
 
 
 def entry(name: str) -> dict:
+    name = canonical(name) if imported(name) is None else name
     for e in entries():
         if e["name"] == name:
             check_name(e["file"], f"registry entry {name}: file")

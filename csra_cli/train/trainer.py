@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
     # Trained on random crops at input_size, a CNN sees objects larger than in whole images at
     # that size; running it at a larger test_size matches them again (FixRes, Touvron et al. 2019).
     # Validation, thresholds and the card use the test size.
-    test_pre = Preprocess(cfg.test_size, cfg.mean, cfg.std) if cfg.test_size else pre
+    test_pre = Preprocess(cfg.test_size, card.mean, card.std, card.resize) if cfg.test_size else pre
     frozen, tail = split_model(model, cfg.trainable_stages)
     whole = isinstance(frozen, nn.Identity)  # nothing frozen: train on augmented images, no cache
     for p in frozen.parameters():
@@ -314,6 +314,10 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         tail.load_state_dict(ck["tail"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history = ck["epoch"], json.loads(ck["history"])
+        sizes = ck.get("sizes", [cfg.input_size, test_pre.size])
+        if sizes != [cfg.input_size, test_pre.size]:  # the history's val mAPs would not compare
+            raise ValueError(f"--resume: {ckpt_path} was trained at {sizes[0]} px and validated at {sizes[1]} px; "
+                             f"give the same --input-size and --test-size (or a new --out)")
         log(f"resumed from {ckpt_path} after epoch {start_epoch}")
     ema = None
     if cfg.ema > 0:  # the average of recent weights generalises better than the last ones
@@ -343,7 +347,8 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
             if step % 10 == 0:
                 status(f"epoch {epoch + 1}: step {step + 1}/{steps} loss {total / (step + 1):.4f}")
         status_done()
-        record = {"epoch": epoch + 1, "loss": total / steps, "seconds": round(time.time() - epoch_start, 1)}
+        record = {"epoch": epoch + 1, "loss": total / steps, "seconds": round(time.time() - epoch_start, 1),
+                  "val_size": test_pre.size}
         if predict_val is not None:
             record["val_mAP"] = evaluate(predict_val(), val_set.labels, classes)["mAP"]
         history.append(record)
@@ -351,6 +356,7 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f}"
             + (f" val mAP {record['val_mAP']:.2f}" if "val_mAP" in record else "") + f" ETA {left:.0f}s")
         state = {"tail": tail.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                 "sizes": [cfg.input_size, test_pre.size],
                  "history": json.dumps(history)}
         if ema is not None:
             state["ema"] = ema.state_dict()
