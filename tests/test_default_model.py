@@ -128,3 +128,15 @@ def test_a_users_own_model_named_fast_wins_over_the_short_name(tiny_model_path, 
         shutil.copyfile(tiny_model_path.with_suffix(ext), isolated_home / f"fast{ext}")
     assert load_model("fast").card.name == "tiny"
     assert registry.entry("default")["name"] == registry.default_name()
+
+
+def test_a_folder_called_fast_in_the_working_folder_does_not_hide_the_model(tmp_path, monkeypatch):
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "csra-voc-effl2-320").write_text("not a model")
+    monkeypatch.chdir(tmp_path)
+    assert load_model("fast").card.name == registry.canonical("fast")
+    assert load_model("csra-voc-effl2-320").card.name == "csra-voc-effl2-320"
+    from csra_cli.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match="is a directory"):  # an explicit path is still a path
+        load_model("./fast")

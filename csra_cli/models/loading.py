@@ -112,10 +112,12 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     """A name, a path or None (the default model) -> the file to load and its registry entry."""
     name_or_path = name_or_path or registry.default_name()
     path = Path(name_or_path).expanduser()
-    if not path.exists() and registry.imported(name_or_path) is None:  # "fast", "default": shipped models
+    # A model name wins over a same-named folder or extension-less file in the working folder
+    # (a folder called "fast" must not hide --model fast); a path with a model suffix is a path.
+    named = registry.imported(name_or_path) is not None or registry.is_name(name_or_path)
+    if registry.imported(name_or_path) is None:  # "fast", "default": short names of shipped models
         name_or_path = registry.canonical(name_or_path)
-        path = Path(name_or_path).expanduser()
-    if path.suffix in OFFICIAL_SUFFIXES + (".safetensors", ".json") or path.exists():
+    if path.suffix in OFFICIAL_SUFFIXES + (".safetensors", ".json") or (path.exists() and not named):
         if not path.exists():
             raise ModelNotFound(f"{path}: no such model file")
         if path.is_dir():

@@ -50,6 +50,11 @@ def canonical(name: str) -> str:
     return aliases().get(name, name)
 
 
+def is_name(name: str) -> bool:
+    """A short name or a registry entry's name."""
+    return name in aliases() or any(e["name"] == name for e in entries())
+
+
 def imported(name: str) -> Path | None:
     """A model converted with ``csra models import`` (or copied) into the cache under this name."""
     try:
