@@ -112,7 +112,7 @@ def eval_cmd(
         at = evaluate(sc[readable], lab[readable], classes, per, ap)
         report["model_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
     report.update({
-        "model": model_name, "tta": bool(tta and not scores), "dataset": data.name,
+        "model": model_name, "tta": tta, "dataset": data.name,
         "split": split if dataset == "voc" else None,
         "threshold": threshold, "ap": ap, "classes_evaluated": classes, "dataset_classes_left_out": left_data,
         "model_classes_unmatched": left_model, "num_images_labelled": len(data),

@@ -82,7 +82,8 @@ def train(
         raise CSRAError("--loss: use bce or asl")
     if optimizer not in ("sgd", "adamw"):
         raise CSRAError("--optimizer: use sgd or adamw")
-    if test_size and test_size != input_size and arch.startswith("vit"):
+    run_size = test_size if test_size != input_size else None  # None: it runs at its training size
+    if run_size and arch.startswith("vit"):
         raise CSRAError("--test-size works with CNN backbones; a ViT's position embeddings fix its input size")
     parse = lambda s: [float(v) for v in s.split(",")] if s else None  # noqa: E731
     m, s = parse(mean), parse(std)
@@ -99,14 +100,14 @@ def train(
     elif dataset == "csv" and val_labels:
         val_set = open_dataset("csv", labels=val_labels, tag_sep=tag_sep, classes=train_set.classes)
     cfg = TrainConfig(arch=arch, num_heads=heads, lam=lam, input_size=input_size,
-                      test_size=test_size if test_size != input_size else None, mean=m, std=s, epochs=epochs,
+                      test_size=run_size, mean=m, std=s, epochs=epochs,
                       batch_size=batch_size, optimizer=optimizer, lr=lr, head_lr_mult=head_lr_mult,
                       momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                       lr_step=lr_step, lr_gamma=lr_gamma, crop_scale=(crop_scale_min, 1.0),
                       trainable_stages=stages, workers=workers, seed=seed, loss=loss, half=not fp32, ema=ema,
                       license=license, attribution=attribution)
     set_threads()
-    info(f"training {arch} ({heads} heads, lambda {lam}) at {input_size}px{f' (run at {test_size}px)' if test_size and test_size != input_size else ''} on {len(train_set)} images"
+    info(f"training {arch} ({heads} heads, lambda {lam}) at {input_size}px{f' (run at {run_size}px)' if run_size else ''} on {len(train_set)} images"
          + (f", validating on {len(val_set)}" if val_set else ""))
     path, report = run_train(cfg, train_set, val_set, out, name, resume=resume, log=info)
     if report:

@@ -114,9 +114,10 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     path = Path(name_or_path).expanduser()
     # A model name wins over a same-named folder or extension-less file in the working folder
     # (a folder called "fast" must not hide --model fast); a path with a model suffix is a path.
-    named = registry.imported(name_or_path) is not None or registry.is_name(name_or_path)
-    if registry.imported(name_or_path) is None:  # "fast", "default": short names of shipped models
+    own = registry.imported(name_or_path)
+    if own is None:  # "fast", "default": short names of shipped models
         name_or_path = registry.canonical(name_or_path)
+    named = own is not None or registry.is_name(name_or_path)
     if path.suffix in OFFICIAL_SUFFIXES + (".safetensors", ".json") or (path.exists() and not named):
         if not path.exists():
             raise ModelNotFound(f"{path}: no such model file")
