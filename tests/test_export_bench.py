@@ -176,3 +176,29 @@ def test_dynamic_size_fp16_export_of_an_efficientnet_runs(tmp_path):
     for size in (96, 128):  # another size than the exported one runs too
         x = np.random.rand(1, 3, size, size).astype(np.float16)
         assert session.run(None, {"images": x})[0].shape == (1, 5)
+
+
+def test_int8_against_fp32_alternates_and_takes_the_median_ratio():
+    """A machine that slows down half-way (as ours did) must not bias the ratio: each round times
+    both precisions back to back."""
+    import time as clock
+    from types import SimpleNamespace
+
+    from csra_cli.engine.bench import bench_int8_vs_fp32
+
+    slow = {"factor": 1.0}
+
+    class Fake:
+        card = SimpleNamespace(input_size=8)
+
+        def __init__(self, seconds):
+            self.seconds = seconds
+
+        def __call__(self, batch):
+            clock.sleep(self.seconds * slow["factor"])
+            slow["factor"] *= 1.3  # the machine keeps slowing down
+            return np.zeros((len(batch), 20), np.float32)
+
+    out = bench_int8_vs_fp32({"fp32": Fake(0.02), "int8": Fake(0.01)}, batch_size=2, rounds=3)
+    assert len(out["model_only_fp32"]["rounds"]) == len(out["model_only_int8"]["rounds"]) == 3
+    assert 1.0 < out["int8_vs_fp32_model_only"] < 2.0  # 2x as fast, less the drift within a round

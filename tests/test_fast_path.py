@@ -1,5 +1,9 @@
 """The torch-free CPU path: export cache keys, the persistent decode pool, int8."""
+import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -94,3 +98,101 @@ def test_int8_agrees_with_fp32_on_real_images(tmp_path, tiny_model_path):
     batch = np.stack([a.pre.load(root / "JPEGImages" / f"{i}.jpg") for i in val])
     pa, pb = a(batch), b(batch)
     assert agreement(pa, pb, np.array(model.card.class_thresholds())) >= 98.0
+
+
+def test_int8_recipe_keeps_the_image_layers_and_the_head_in_fp32(tmp_path, tiny_model_path):
+    """7-bit weights everywhere they are quantised; the convolutions at half the input size or
+    more (ResNet's stem) and the whole CSRA head stay fp32 (benchmarks/RESULTS.md: each step
+    measured on VOC val)."""
+    pytest.importorskip("onnxruntime.quantization")
+    import onnx
+    from onnx import numpy_helper
+
+    from csra_cli.engine.quantize import fp32_nodes, quantize_int8
+    from csra_cli.engine.runners import cached_onnx
+    from csra_cli.models.loading import load_model
+
+    model = load_model(str(tiny_model_path))
+    fp32 = cached_onnx(model, tiny_model_path)
+    graph = onnx.load(fp32).graph
+    kept = set(fp32_nodes(onnx.load(fp32)))
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs[0].name in kept and convs[0].input[1] == "backbone.conv1.weight"  # 64 px in, 32 px out
+    head = [n.name for n in graph.node if any(i.startswith("classifier.") for i in n.input)]
+    assert head and set(head) <= kept and graph.node[-1].name in kept
+    assert not {n.name for n in convs if n.input[1].startswith("backbone.layer")} & kept  # 16 px and less
+
+    images = [str(make_image(tmp_path / f"{i}.jpg", color=(40 * i, 90, 200 - 20 * i))) for i in range(4)]
+    out = tmp_path / "tiny-int8.onnx"
+    quantize_int8(fp32, out, model.card, images, key="k")
+    q = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    int8_weights = [a for a in inits.values() if a.dtype == np.int8 and a.ndim == 4]
+    assert int8_weights and max(int(np.abs(a).max()) for a in int8_weights) <= 64  # reduce_range: 7 bits
+    qconvs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert qconvs[0].input[1] == "backbone.conv1.weight" and inits[qconvs[0].input[1]].dtype == np.float32
+    meta = {p.key: p.value for p in q.metadata_props}
+    assert meta["csra_export_key"] == "k" and "reduce_range" in json.loads(meta["csra_quantization"])["weights"]
+
+
+def test_shipped_int8_exports_belong_to_the_shipped_weights():
+    """Each shipped model has its int8 export beside it, made from these weights by this
+    version's recipe (re-make them with 'csra export --onnx --int8' when either changes)."""
+    import onnx
+
+    from csra_cli.engine.quantize import RECIPE
+    from csra_cli.engine.runners import export_key, shipped_int8
+    from csra_cli.models import registry
+    from csra_cli.models.card import ModelCard
+
+    shipped = [e for e in registry.entries() if e["kind"] == "shipped"]
+    assert shipped
+    for e in shipped:
+        weights = registry.weights_dir() / e["file"]
+        card = ModelCard.load(weights.with_suffix(".json"))
+        path = shipped_int8(weights)
+        assert path.is_file(), f"{path.name} missing"
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        assert meta["csra_export_key"] == export_key(weights, card, "int8")
+        record = json.loads(meta["csra_quantization"])
+        assert record["recipe"] == RECIPE and record["images"] >= 100 and meta["csra_precision"] == "int8"
+        assert json.loads(meta["csra_card"])["input_size"] == card.input_size
+
+
+def test_int8_of_the_shipped_model_runs_without_calibration_or_torch(tmp_path, isolated_home):
+    """A fresh machine (empty cache): --precision int8 uses the export shipped beside the weights,
+    imports no torch, and tags a photo as fp32 does."""
+    photo = (sorted((VOC / "VOC2007" / "JPEGImages").glob("*.jpg"))[:1] if VOC.is_dir() else None)
+    photo = str(photo[0] if photo else make_image(tmp_path / "a.jpg", size=(320, 240)))
+    probe = ("import sys, runpy\n"
+             f"sys.argv = ['csra', 'tag', {photo!r}, '-q', '--scores', '--precision', sys.argv[1]]\n"
+             "try:\n    runpy.run_module('csra_cli', run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "print('LOADED:' + ','.join(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules), code,"
+             " file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "CSRA_BACKEND"}
+    res = subprocess.run([sys.executable, "-c", probe, "int8"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.stderr.strip().splitlines()[-1] == "LOADED: 0", res.stderr
+    assert not list((isolated_home / "onnx").glob("*.onnx"))  # nothing exported or quantised here
+    int8 = json.loads(res.stdout)
+    ref = json.loads(subprocess.run([sys.executable, "-m", "csra_cli", "tag", photo, "-q", "--scores", "--backend",
+                                     "torch"], capture_output=True, text=True, env=env, timeout=300).stdout)
+    assert int8["tags"] == ref["tags"]
+    assert max(abs(int8["scores"][c] - ref["scores"][c]) for c in ref["scores"]) < 0.1
+
+
+def test_an_int8_export_beside_other_weights_is_not_used(tmp_path, tiny_model_path, monkeypatch, capfd):
+    """NAME.int8.onnx that was not made from NAME.safetensors (here: no export key at all) is
+    passed over with a warning; without a cached one, int8 asks for calibration."""
+    from csra_cli.engine.runners import cached_onnx, make_runner, shipped_int8
+    from csra_cli.errors import CSRAError
+    from csra_cli.models.loading import load_model
+
+    weights = tmp_path / "tiny.safetensors"
+    shutil.copy(tiny_model_path, weights)
+    shutil.copy(tiny_model_path.with_suffix(".json"), weights.with_suffix(".json"))
+    shutil.copy(cached_onnx(load_model(str(weights)), weights), shipped_int8(weights))
+    monkeypatch.delenv("CSRA_BACKEND")
+    with pytest.raises(CSRAError, match="--calibrate-on"):
+        make_runner(str(weights), "auto", "cpu", "int8")
+    assert "tiny.int8.onnx does not match tiny.safetensors" in capfd.readouterr().err

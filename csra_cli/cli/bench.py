@@ -63,7 +63,8 @@ def bench(
                     f"{result['device']}, batch {result['batch_size']}, {result['workers']} workers")
     for col in ("pipeline", "images/s", "p50 ms/batch", "p95 ms/batch"):
         t.add_column(col)
-    for key, label in (("model_only", "model only"), ("model_only_int8", "model only, int8"),
+    for key, label in (("model_only", "model only"), ("model_only_fp32", "model only, fp32 (alternating)"),
+                       ("model_only_int8", "model only, int8 (alternating)"),
                        ("end_to_end", "end to end (csra tag)"), ("whole_process", "csra tag, whole process"),
                        ("demo_style", "baseline: demo-style"), ("val_style", "baseline: val-style")):
         if key in result:
@@ -74,6 +75,8 @@ def bench(
         r = result["ratios"]
         err.print(f"end to end vs demo-style: {r['end_to_end_vs_demo']}x, vs val-style: {r['end_to_end_vs_val']}x; "
                   f"tags same as exact resize: {result['tags_same_as_exact_resize_pct']}%")
+    if "int8_vs_fp32_model_only" in result:
+        err.print(f"int8 vs fp32, model only: {result['int8_vs_fp32_model_only']}x (median of alternating rounds)")
     if "whole_process_tag_vs_demo" in result.get("ratios", {}):
         err.print(f"csra tag as a whole process vs demo-style: {result['ratios']['whole_process_tag_vs_demo']}x")
     if "startup" in result:

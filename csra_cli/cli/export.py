@@ -119,7 +119,7 @@ def export_int8(model, arch, heads, lam, class_names, out: Path | None, calibrat
 
     from ..fileio import atomic_temp
     from ..engine.quantize import quantize_int8
-    from ..engine.runners import cache_path, cached_onnx
+    from ..engine.runners import cache_path, cached_onnx, export_key
     from ..models.loading import resolve
 
     images = calibration_paths(calibrate_on, limit)
@@ -129,7 +129,10 @@ def export_int8(model, arch, heads, lam, class_names, out: Path | None, calibrat
     fp32 = cached_onnx(m, weights)
     cached = cache_path(weights, m.card, "int8")
     info(f"int8: calibrating on {len(images)} images …")
-    record = quantize_int8(Path(fp32), cached, m.card, images, source=str(calibrate_on))
+    # a list file by its name: the machine's folders say nothing about the calibration set
+    source = Path(calibrate_on).name if Path(calibrate_on).is_file() else str(calibrate_on)
+    record = quantize_int8(Path(fp32), cached, m.card, images, source=source,
+                           key=export_key(weights, m.card, "int8"))
     dest = out or Path(f"{m.card.name}-int8.onnx")
     if dest.resolve() != cached.resolve():
         fd, tmp = atomic_temp(dest, dest.suffix)

@@ -211,16 +211,31 @@ def tag_agreement(ours: dict, reference: dict, thresholds: np.ndarray) -> float:
     return round(100.0 * same / len(common), 2)
 
 
-def _int8_twin(runner, model_name, precision: str):
-    """When the run is fp32 through onnxruntime and an int8 export of the model is cached: its runner."""
+def _precision_twin(runner, model_name, precision: str):
+    """The same model in the other CPU precision (int8 for an fp32 onnxruntime run, fp32 for an
+    int8 one) as (precision, runner); None where there is no such export."""
     from .runners import OnnxRunner, make_runner
 
-    if not isinstance(runner, OnnxRunner) or runner.precision != "fp32" or precision not in ("auto", "fp32"):
+    other = {"fp32": "int8", "int8": "fp32"}.get(getattr(runner, "precision", ""))
+    if not isinstance(runner, OnnxRunner) or other is None or precision not in ("auto", "fp32", "int8"):
         return None
     try:
-        return make_runner(model_name, "auto", "cpu", "int8")
-    except Exception:  # no int8 export cached: nothing to compare
+        return other, make_runner(model_name, "auto", "cpu", other)
+    except Exception:  # no export in the other precision: nothing to compare
         return None
+
+
+def bench_int8_vs_fp32(runners: dict, batch_size: int, rounds: int = 3) -> dict:
+    """Model-only speed of int8 against fp32 in alternating rounds, so that a machine whose speed
+    drifts during the run (RESULTS.md saw 2x) slows both alike; the ratio is the rounds' median."""
+    rates = {p: [] for p in runners}
+    for _ in range(rounds):
+        for p, r in runners.items():
+            rates[p].append(bench_model_only(r, batch_size, repeats=1)["images_per_s"])
+    ratio = float(np.median([a / b for a, b in zip(rates["int8"], rates["fp32"])]))
+    return {**{f"model_only_{p}": {"images_per_s": round(float(np.median(v)), 2), "rounds": v}
+               for p, v in rates.items()},
+            "int8_vs_fp32_model_only": round(ratio, 2)}
 
 
 def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: int, workers: int, device: str,
@@ -246,12 +261,10 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     say("end to end (ours) …")
     bench_pipeline(runner, images[: min(len(images), batch_size * 2)], batch_size, workers)  # warm-up
     result["end_to_end"], ours = bench_pipeline(runner, images, batch_size, workers)
-    int8 = _int8_twin(runner, model_name, precision)
-    if int8 is not None:  # the same model in the other CPU precision, for the speed ratio
-        say("model only, int8 …")
-        result["model_only_int8"] = bench_model_only(int8, batch_size)
-        result["int8_vs_fp32_model_only"] = round(result["model_only_int8"]["images_per_s"]
-                                                  / result["model_only"]["images_per_s"], 2)
+    twin = _precision_twin(runner, model_name, precision)
+    if twin is not None:  # the same model in the other CPU precision, for the speed ratio
+        say("model only, int8 against fp32 (alternating) …")
+        result.update(bench_int8_vs_fp32({result["runner_precision"]: runner, twin[0]: twin[1]}, batch_size))
     if whole_process and backend == "auto" and not (model_name or "").endswith(".onnx"):
         say("whole process: csra tag …")
         result["whole_process"] = bench_whole_process(model_name, images, precision, batch_size, workers)

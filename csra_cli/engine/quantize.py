@@ -1,6 +1,13 @@
 """int8 for the CPU: onnxruntime static quantisation of an fp32 export (QDQ format, per-channel
 int8 weights, uint8 activations), calibrated on real images; the calibration set and method
-are written into the ONNX metadata (``csra_quantization``) beside the model card."""
+are written into the ONNX metadata (``csra_quantization``) beside the model card.
+
+The recipe, each part measured on VOC val with the shipped model (benchmarks/RESULTS.md):
+- weights use 7 of their 8 bits (``reduce_range``): CPUs without VNNI multiply u8 x s8 pairs
+  into 16-bit sums that overflow with full-range weights (mAP drop 1.41 -> 0.57 points);
+- the layers at half the input resolution or more (the stem, and EfficientNet's first block)
+  and the CSRA head stay fp32: the first see the raw image, the head's score maps feed a max
+  and a softmax (drop 0.57 -> 0.16); int8 convolutions of 3-channel images gain nothing anyway."""
 from __future__ import annotations
 
 import hashlib
@@ -18,12 +25,16 @@ from ..errors import CSRAError
 from ..fileio import atomic_temp
 
 CALIBRATION_METHOD = "MinMax"  # the percentile/entropy calibrators hold histograms of every activation
+# Part of the int8 export's cache key: an export made by an older recipe is not reused.
+RECIPE = "qdq-pc-rr-fp32edges-2"
 
 
 def calibration_record(paths: list[str], method: str = CALIBRATION_METHOD, source: str = "") -> dict:
     """What the int8 graph was calibrated on, to be stored with it."""
     names = [os.path.basename(p) for p in paths]
-    return {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor",
+    return {"format": "QDQ", "weights": "int8, per channel, 7-bit range (reduce_range)",
+            "activations": "uint8, per tensor", "recipe": RECIPE,
+            "kept_fp32": "convolutions at half the input resolution or more, and the CSRA head",
             "method": method, "images": len(paths), "source": source,
             "files_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
             "first_files": names[:5]}
@@ -48,9 +59,33 @@ class _Images:
         pass
 
 
-def quantize_int8(fp32: Path, out: Path, card, images: list[str], source: str = "") -> dict:
+def fp32_nodes(model) -> list[str]:
+    """Names of the nodes that stay fp32: the CSRA head (everything fed by the classifier's
+    weights) and the convolutions whose output is at least half the input's size."""
+    import onnx
+
+    head_inits = {i.name for i in model.graph.initializer if i.name.startswith("classifier.")}
+    tainted, keep = set(head_inits), []
+    for node in model.graph.node:  # topological order: a node's inputs come before it
+        if any(i in tainted for i in node.input):
+            tainted.update(node.output)
+            keep.append(node.name)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims = lambda vi: [d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731 (0: unknown)
+    shapes = {vi.name: dims(vi) for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    size = dims(model.graph.input[0])[2:]
+    if len(size) == 2 and size[0]:
+        for node in model.graph.node:
+            out = shapes.get(node.output[0], [])
+            if node.op_type == "Conv" and len(out) == 4 and out[2] * 2 >= size[0]:
+                keep.append(node.name)
+    return keep
+
+
+def quantize_int8(fp32: Path, out: Path, card, images: list[str], source: str = "", key: str = "") -> dict:
     """Quantise ``fp32`` (an export with csra metadata) into ``out`` (written atomically);
-    returns the calibration record."""
+    returns the calibration record. ``key``: the export key of the weights it was made from
+    (``runners.export_key``), stored so that a copy shipped beside the weights can be checked."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -70,6 +105,7 @@ def quantize_int8(fp32: Path, out: Path, card, images: list[str], source: str = 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 quantize_static(str(fp32), tmp, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                                reduce_range=True, nodes_to_exclude=fp32_nodes(onnx.load(str(fp32))),
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD))
         finally:
@@ -80,6 +116,8 @@ def quantize_int8(fp32: Path, out: Path, card, images: list[str], source: str = 
         proto = onnx.load(tmp)
         meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
         meta.update(csra_precision="int8", csra_quantization=json.dumps(record))
+        if key:
+            meta["csra_export_key"] = key
         del proto.metadata_props[:]
         for k, v in meta.items():
             proto.metadata_props.add(key=k, value=v)

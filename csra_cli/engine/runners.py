@@ -74,7 +74,7 @@ class OnnxRunner:
         self.on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
         if "torch" in sys.modules:  # an idle-spinning torch thread pool would only compete with onnxruntime
             sys.modules["torch"].set_num_threads(1)
-        meta = self.session.get_modelmeta().custom_metadata_map
+        self.meta = meta = self.session.get_modelmeta().custom_metadata_map
         if card is None and "csra_card" not in meta:
             raise ValueError(f"{path}: no csra_card metadata; export it with 'csra export --onnx'")
         try:
@@ -146,10 +146,14 @@ def weights_sha256(path: Path) -> str:
     return digest
 
 
-def export_key(weights: Path, card: ModelCard) -> str:
-    """Identity of an export: the weights' bytes and the card fields that shape the graph
-    (preprocessing and thresholds stay outside the graph, so they are not part of it)."""
-    return hashlib.sha256(f"{weights_sha256(weights)}|{_graph_fields(card)}".encode()).hexdigest()[:24]
+def export_key(weights: Path, card: ModelCard, precision: str = "fp32") -> str:
+    """Identity of an export: the weights' bytes, the card fields that shape the graph
+    (preprocessing and thresholds stay outside the graph, so they are not part of it) and, for
+    int8, the quantisation recipe."""
+    from .quantize import RECIPE
+
+    recipe = f"|{RECIPE}" if precision == "int8" else ""
+    return hashlib.sha256(f"{weights_sha256(weights)}|{_graph_fields(card)}{recipe}".encode()).hexdigest()[:24]
 
 
 def _graph_fields(card: ModelCard) -> str:
@@ -161,7 +165,7 @@ def cache_path(weights: Path, card: ModelCard, precision: str = "fp32") -> Path:
     from ..models.registry import cache_dir
 
     suffix = "" if precision == "fp32" else f"-{precision}"
-    return cache_dir() / "onnx" / f"{card.name}-{export_key(weights, card)}{suffix}.onnx"
+    return cache_dir() / "onnx" / f"{card.name}-{export_key(weights, card, precision)}{suffix}.onnx"
 
 
 def _graph_digest(model) -> str:
@@ -220,9 +224,35 @@ def auto_runner(model, device: str = "auto", precision: str = "auto", weights: P
         return TorchRunner(model, device, precision)
 
 
+def shipped_int8(weights: Path) -> Path:
+    """Where a model's int8 export ships: beside its weights (``NAME.int8.onnx``), so that the
+    shipped models run in int8 without calibration images on the user's machine."""
+    return Path(weights).with_name(Path(weights).stem + ".int8.onnx")
+
+
+def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunner | None:
+    """The export of ``weights`` in ``precision`` (fp32 or int8) as a CPU runner: for int8 the one
+    shipped beside the weights if it was made from these weights by the current recipe, else the
+    cached one; None where there is none."""
+    paths = [cache_path(weights, card, precision)]
+    if precision == "int8":
+        paths.insert(0, shipped_int8(weights))
+    for path in paths:
+        if not path.is_file():
+            continue
+        runner = OnnxRunner(str(path), "cpu", threads=os.cpu_count() or 1, card=card)
+        if path == paths[-1] or runner.meta.get("csra_export_key") == export_key(weights, card, precision):
+            return runner
+        from ..console import warn
+
+        warn(f"{path.name} does not match {Path(weights).name} as run here (other weights, graph settings "
+             "or int8 recipe); not used")
+    return None
+
+
 def fast_runner(model: str | None, precision: str = "auto", lam: float | None = None) -> OnnxRunner | None:
-    """onnxruntime on the CPU straight from a cached export, without torch: for a model in our
-    format whose export (of the asked precision) is in the cache; None otherwise."""
+    """onnxruntime on the CPU straight from an export of the asked precision (shipped or cached),
+    without torch: for a model in our format; None where there is no such export."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -235,9 +265,9 @@ def fast_runner(model: str | None, precision: str = "auto", lam: float | None = 
     weights, card = found
     wanted = CPU_AUTO_PRECISION if precision == "auto" else precision
     for p in dict.fromkeys([wanted] + (["fp32"] if precision == "auto" else [])):
-        path = cache_path(weights, card, p)
-        if path.is_file():
-            return OnnxRunner(str(path), "cpu", threads=os.cpu_count() or 1, card=card)
+        runner = precision_runner(weights, card, p)
+        if runner is not None:
+            return runner
     return None
 
 
@@ -284,10 +314,10 @@ def _make_runner(model, backend, device, precision, arch, heads, lam, class_name
     weights = resolve(model)[0]
     weights = weights.with_suffix(".safetensors") if weights.suffix == ".json" else weights
     if precision == "int8":
-        path = cache_path(weights, m.card, "int8")
-        if not path.is_file():
+        runner = precision_runner(weights, m.card, "int8")
+        if runner is None:
             raise CSRAError(int8_missing(model or m.card.name))
-        return OnnxRunner(str(path), "cpu", threads=os.cpu_count() or 1, card=m.card)
+        return runner
     if backend == "torch":
         return TorchRunner(m, device, precision)
     return auto_runner(m, device, "fp32" if precision == "auto" and on_cpu else precision, weights)
