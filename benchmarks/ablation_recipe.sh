@@ -8,6 +8,7 @@
 set -euo pipefail
 root=${1:?VOCdevkit folder}
 out=${2:-runs/ablation-recipe}
+case $out in *:*) echo "second argument: the output folder (heads:lam pairs come after it)" >&2; exit 2 ;; esac
 shift $(( $# > 2 ? 2 : $# ))
 configs=("$@")
 # the shipped 4-head run last: its reproduction is already in RESULTS.md
@@ -24,8 +25,8 @@ for cfg in "${configs[@]}"; do
     resume=()
     [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
     start=$(date +%s)
-    csra train "${common[@]}" --heads "$heads" --lam "$lam" --out "$dir" --name "$name" "${resume[@]}" \
-      > "$dir.log" 2>&1 || { echo "$name: failed, see $dir.log" >&2; exit 1; }
+    csra train "${common[@]}" --heads "$heads" --lam "$lam" --out "$dir" --name "$name" ${resume[@]+"${resume[@]}"} \
+      >> "$dir.log" 2>&1 || { echo "$name: failed, see $dir.log" >&2; exit 1; }
     echo "$name: trained in $(( $(date +%s) - start )) s" >&2
   fi
   python3 - "$dir/$name.json" <<'PY'

@@ -46,7 +46,9 @@ def shipped_models() -> list[tuple[dict, Path, dict]]:
 def test_the_shipped_models_fit_in_the_wheel_with_complete_cards():
     models = shipped_models()
     assert {e["name"] for e, _, _ in models} >= {registry.default_name(), registry.canonical("fast")}
-    ships = [f for _, p, _ in models for f in (p, p.with_suffix(".json"), p.with_name(p.stem + ".int8.onnx"))]
+    from csra_cli.engine.runners import shipped_int8
+
+    ships = [f for _, p, _ in models for f in (p, p.with_suffix(".json"), shipped_int8(p))]
     assert sum(f.stat().st_size for f in ships) <= 40e6  # weights, cards and int8 exports
     for e, path, card in models:
         assert card["sha256"] == sha256_file(path) == e["sha256"] and e["size"] == path.stat().st_size

@@ -43,7 +43,7 @@ def test_eval_from_a_scores_file_is_exact(tmp_path):
     assert r["OP"] == pytest.approx(80) and r["OR"] == pytest.approx(100)
     assert set(r) >= {"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "num_images", "per_class"}
     assert r["num_images"] == 4 and r["per_class"]["cat"]["positives"] == 2
-    assert "bird" in r["model_classes_unmatched"]
+    assert "bird" in r["model_classes_unmatched"] and r["precision"] is None  # no model ran
     th = json.loads((tmp_path / "th.json").read_text())
     assert 0.6 < th["cat"] < 0.7
 
@@ -58,7 +58,7 @@ def test_eval_runs_a_model_saves_scores_and_counts_failures(tmp_path, tiny_model
     assert res.exit_code == 1  # an unreadable image is reported, not silently dropped
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["num_images_failed"] == 1 and r["failed"][0]["path"].endswith("broken.jpg")
-    assert r["num_images"] == 1
+    assert r["num_images"] == 1 and r["precision"] == "fp32"  # so int8 and fp32 reports tell apart
     s = pd.read_csv(tmp_path / "s.csv")
     assert list(s.columns[:2]) == ["path", "aeroplane"] and len(s) == 2
 

@@ -193,6 +193,30 @@ def test_an_int8_export_beside_other_weights_is_not_used(tmp_path, tiny_model_pa
     shutil.copy(tiny_model_path.with_suffix(".json"), weights.with_suffix(".json"))
     shutil.copy(cached_onnx(load_model(str(weights)), weights), shipped_int8(weights))
     monkeypatch.delenv("CSRA_BACKEND")
-    with pytest.raises(CSRAError, match="--calibrate-on"):
-        make_runner(str(weights), "auto", "cpu", "int8")
-    assert "tiny.int8.onnx does not match tiny.safetensors" in capfd.readouterr().err
+    for _ in range(2):
+        with pytest.raises(CSRAError, match="--calibrate-on"):
+            make_runner(str(weights), "auto", "cpu", "int8")
+    assert capfd.readouterr().err.count("tiny.int8.onnx does not match tiny.safetensors") == 1  # said once
+
+
+def test_a_matching_int8_beside_the_weights_is_used_and_the_users_own_calibration_wins(tmp_path, tiny_model_path,
+                                                                                        monkeypatch):
+    import onnx
+
+    from csra_cli.engine.runners import cache_path, cached_onnx, export_key, make_runner, shipped_int8
+    from csra_cli.models.card import ModelCard
+    from csra_cli.models.loading import load_model
+
+    monkeypatch.delenv("CSRA_BACKEND")
+    weights = tmp_path / "tiny.safetensors"
+    shutil.copy(tiny_model_path, weights)
+    shutil.copy(tiny_model_path.with_suffix(".json"), weights.with_suffix(".json"))
+    card = ModelCard.load(weights.with_suffix(".json"))
+    proto = onnx.load(cached_onnx(load_model(str(weights)), weights))  # stands in for an int8 graph
+    for k, v in {"csra_precision": "int8", "csra_export_key": export_key(weights, card, "int8")}.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(shipped_int8(weights)))
+    assert make_runner(str(weights), "auto", "cpu", "int8").path == str(shipped_int8(weights))
+    cached = cache_path(weights, card, "int8")  # what 'csra export --onnx --int8 --calibrate-on' leaves
+    shutil.copy(shipped_int8(weights), cached)
+    assert make_runner(str(weights), "auto", "cpu", "int8").path == str(cached)

@@ -58,6 +58,7 @@ def eval_cmd(
     from ..data.selection import open_dataset
     from ..evaluation.scoring import align_scores, match_classes, read_class_map, read_scores, score_images, write_scores
     from ..engine.device import set_threads
+    from ..engine.runners import precision_of
     from ..evaluation.metrics import best_f1_thresholds, evaluate
 
     if scores and tta:
@@ -112,7 +113,7 @@ def eval_cmd(
         at = evaluate(sc[readable], lab[readable], classes, per, ap)
         report["model_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
     report.update({
-        "model": model_name, "tta": tta, "dataset": data.name,
+        "model": model_name, "precision": None if scores else precision_of(runner), "tta": tta, "dataset": data.name,
         "split": split if dataset == "voc" else None,
         "threshold": threshold, "ap": ap, "classes_evaluated": classes, "dataset_classes_left_out": left_data,
         "model_classes_unmatched": left_model, "num_images_labelled": len(data),
@@ -180,7 +181,8 @@ def finite(obj):
 def print_report(r: dict, console) -> None:
     """The per-class table and the summary lines: a rich table on a terminal, plain aligned
     text otherwise (for files, pipes and diff)."""
-    title = f"{r['model']} on {r['dataset']} ({r['num_images']} images, {r['seconds']} s)"
+    title = (f"{r['model']}{' (' + r['precision'] + ')' if r.get('precision') not in (None, 'fp32') else ''} "
+             f"on {r['dataset']} ({r['num_images']} images, {r['seconds']} s)")
     header = ("class", "AP", "P", "R", "positives")
     rows = [(c, "-" if v["AP"] is None else f"{v['AP']:.1f}", f"{v['precision']:.1f}", f"{v['recall']:.1f}",
              str(v["positives"])) for c, v in r["per_class"].items()]

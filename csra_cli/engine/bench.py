@@ -63,9 +63,13 @@ def _latencies(times: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2)}
 
 
-def bench_model_only(runner, batch_size: int, repeats: int = 3) -> dict:
+def _random_batch(runner, batch_size: int) -> np.ndarray:
     size = runner.card.input_size
-    batch = np.random.default_rng(0).integers(0, 256, (batch_size, 3, size, size), dtype=np.uint8)
+    return np.random.default_rng(0).integers(0, 256, (batch_size, 3, size, size), dtype=np.uint8)
+
+
+def bench_model_only(runner, batch_size: int, repeats: int = 3) -> dict:
+    batch = _random_batch(runner, batch_size)
     runner(batch)  # warm-up
     times = []
     for _ in range(repeats):
@@ -213,25 +217,36 @@ def tag_agreement(ours: dict, reference: dict, thresholds: np.ndarray) -> float:
 
 def _precision_twin(runner, model_name, precision: str):
     """The same model in the other CPU precision (int8 for an fp32 onnxruntime run, fp32 for an
-    int8 one) as (precision, runner); None where there is no such export."""
+    int8 one) as (precision, runner); None where there is no int8 export of it."""
     from .runners import OnnxRunner, make_runner
 
     other = {"fp32": "int8", "int8": "fp32"}.get(getattr(runner, "precision", ""))
-    if not isinstance(runner, OnnxRunner) or other is None or precision not in ("auto", "fp32", "int8"):
+    if (not isinstance(runner, OnnxRunner) or other is None or precision not in ("auto", "fp32", "int8")
+            or (model_name or "").endswith(".onnx")):
         return None
     try:
-        return other, make_runner(model_name, "auto", "cpu", other)
-    except Exception:  # no export in the other precision: nothing to compare
+        twin = make_runner(model_name, "auto", "cpu", other)
+    except Exception:  # no int8 export: nothing to compare
         return None
+    ok = isinstance(twin, OnnxRunner) and twin.precision == other and twin.path != runner.path
+    return (other, twin) if ok else None
 
 
-def bench_int8_vs_fp32(runners: dict, batch_size: int, rounds: int = 3) -> dict:
-    """Model-only speed of int8 against fp32 in alternating rounds, so that a machine whose speed
-    drifts during the run (RESULTS.md saw 2x) slows both alike; the ratio is the rounds' median."""
+def bench_int8_vs_fp32(runners: dict, batch_size: int, rounds: int = 4) -> dict:
+    """Model-only speed of int8 against fp32, one batch each per round, the order reversed every
+    round (ABBA), so that a machine whose speed drifts during the run (RESULTS.md saw 2x) slows
+    both alike; the ratio is the median of the rounds'."""
+    batch = _random_batch(next(iter(runners.values())), batch_size)
+    for r in runners.values():
+        r(batch)  # warm-up
     rates = {p: [] for p in runners}
-    for _ in range(rounds):
-        for p, r in runners.items():
-            rates[p].append(bench_model_only(r, batch_size, repeats=1)["images_per_s"])
+    order = list(runners)
+    for i in range(rounds):
+        for p in order if i % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            runners[p](batch)
+            _sync(runners[p])
+            rates[p].append(round(batch_size / (time.perf_counter() - t), 2))
     ratio = float(np.median([a / b for a, b in zip(rates["int8"], rates["fp32"])]))
     return {**{f"model_only_{p}": {"images_per_s": round(float(np.median(v)), 2), "rounds": v}
                for p, v in rates.items()},
@@ -241,7 +256,7 @@ def bench_int8_vs_fp32(runners: dict, batch_size: int, rounds: int = 3) -> dict:
 def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: int, workers: int, device: str,
               precision: str, backend: str, baselines: bool = True, log=None, whole_process: bool = False) -> dict:
     from ..models.loading import load_model
-    from .runners import make_runner
+    from .runners import make_runner, precision_of
 
     tmp = None
     if not images:
@@ -252,7 +267,7 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     say = log or (lambda m: None)
     result = {"model": card.name, "arch": card.arch, "input_size": card.input_size,
               "backend": "onnxruntime" if type(runner).__name__ == "OnnxRunner" else "torch",
-              "runner_precision": getattr(runner, "precision", precision), **cpu_info(),
+              "runner_precision": precision_of(runner), **cpu_info(),
               "device": str(getattr(runner, "device", "cpu")), "precision": precision, "batch_size": batch_size,
               "workers": workers, "images": len(images), "torch_threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__}

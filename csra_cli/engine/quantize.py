@@ -5,9 +5,10 @@ are written into the ONNX metadata (``csra_quantization``) beside the model card
 The recipe, each part measured on VOC val with the shipped model (benchmarks/RESULTS.md):
 - weights use 7 of their 8 bits (``reduce_range``): CPUs without VNNI multiply u8 x s8 pairs
   into 16-bit sums that overflow with full-range weights (mAP drop 1.41 -> 0.57 points);
-- the layers at half the input resolution or more (the stem, and EfficientNet's first block)
-  and the CSRA head stay fp32: the first see the raw image, the head's score maps feed a max
-  and a softmax (drop 0.57 -> 0.16); int8 convolutions of 3-channel images gain nothing anyway."""
+- the convolutions at half the input resolution or more (EfficientNet's stem, first block and
+  the second block's expansion; ResNet's stem) and the CSRA head stay fp32: the first see the
+  image in full detail, the head's score maps feed a max and a softmax (drop 0.57 -> 0.18);
+  an int8 convolution over the 3 channels of an image gains nothing anyway."""
 from __future__ import annotations
 
 import hashlib

@@ -100,6 +100,15 @@ class OnnxRunner:
         return 1.0 / (1.0 + np.exp(-logits))
 
 
+def precision_of(runner) -> str:
+    """What a runner computes in: an export's precision (fp32, fp16, int8), or PyTorch's autocast
+    dtype (fp32 without one)."""
+    if isinstance(getattr(runner, "precision", None), str):
+        return runner.precision
+    dtype = getattr(runner, "dtype", None)
+    return {"torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(str(dtype), "fp32")
+
+
 class FlipAveraged:
     """Test-time augmentation: each batch runs as it is and mirrored left-right, and the two
     probabilities are averaged (twice the model's work). Everything else is the wrapped runner's."""
@@ -231,23 +240,34 @@ def shipped_int8(weights: Path) -> Path:
 
 
 def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunner | None:
-    """The export of ``weights`` in ``precision`` (fp32 or int8) as a CPU runner: for int8 the one
-    shipped beside the weights if it was made from these weights by the current recipe, else the
-    cached one; None where there is none."""
-    paths = [cache_path(weights, card, precision)]
-    if precision == "int8":
-        paths.insert(0, shipped_int8(weights))
-    for path in paths:
-        if not path.is_file():
-            continue
-        runner = OnnxRunner(str(path), "cpu", threads=os.cpu_count() or 1, card=card)
-        if path == paths[-1] or runner.meta.get("csra_export_key") == export_key(weights, card, precision):
+    """The export of ``weights`` in ``precision`` (fp32 or int8) as a CPU runner: the cached one
+    (an int8 one is the user's own calibration), else for int8 the one shipped beside the weights
+    if it was made from these weights, with these graph settings, by the current recipe; None
+    where there is none."""
+    cached = cache_path(weights, card, precision)
+    if cached.is_file():
+        return OnnxRunner(str(cached), "cpu", threads=os.cpu_count() or 1, card=card)
+    shipped = shipped_int8(weights)
+    if precision != "int8" or not shipped.is_file():
+        return None
+    problem = ""
+    try:
+        runner = OnnxRunner(str(shipped), "cpu", threads=os.cpu_count() or 1, card=card)
+        if runner.meta.get("csra_export_key") == export_key(weights, card, precision):
             return runner
+        problem = "does not match"
+    except Exception as exc:  # a damaged file only costs the shipped int8
+        problem = f"cannot be loaded ({str(exc).splitlines()[0][:120]}), so it does not replace"
+    if str(shipped) not in _warned:
+        _warned.add(str(shipped))
         from ..console import warn
 
-        warn(f"{path.name} does not match {Path(weights).name} as run here (other weights, graph settings "
+        warn(f"{shipped.name} {problem} {Path(weights).name} as run here (other weights, graph settings "
              "or int8 recipe); not used")
     return None
+
+
+_warned: set[str] = set()  # the shipped files already warned about in this process
 
 
 def fast_runner(model: str | None, precision: str = "auto", lam: float | None = None) -> OnnxRunner | None:
