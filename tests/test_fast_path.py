@@ -216,7 +216,11 @@ def test_a_matching_int8_beside_the_weights_is_used_and_the_users_own_calibratio
     for k, v in {"csra_precision": "int8", "csra_export_key": export_key(weights, card, "int8")}.items():
         proto.metadata_props.add(key=k, value=v)
     onnx.save(proto, str(shipped_int8(weights)))
-    assert make_runner(str(weights), "auto", "cpu", "int8").path == str(shipped_int8(weights))
+    runner = make_runner(str(weights), "auto", "cpu", "int8")
+    assert runner.path == str(shipped_int8(weights))
+    from csra_cli.engine.tagging import record_stamp
+
+    assert record_stamp(runner)["model"] == "tiny+int8"  # records say which precision tagged them
     cached = cache_path(weights, card, "int8")  # what 'csra export --onnx --int8 --calibrate-on' leaves
     shutil.copy(shipped_int8(weights), cached)
     assert make_runner(str(weights), "auto", "cpu", "int8").path == str(cached)

@@ -59,8 +59,12 @@ def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[
 
 
 def record_stamp(runner) -> dict:
-    """Which model tagged an image (``+tta`` with flip averaging), and when (UTC)."""
-    name = runner.card.name + ("+tta" if getattr(runner, "tta", False) else "")
+    """Which model tagged an image (``+int8`` for its int8 export, ``+tta`` with flip averaging),
+    and when (UTC)."""
+    from .runners import precision_of
+
+    name = (runner.card.name + ("+int8" if precision_of(runner) == "int8" else "")
+            + ("+tta" if getattr(runner, "tta", False) else ""))
     return {"model": name, "tagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
