@@ -224,3 +224,17 @@ def test_a_matching_int8_beside_the_weights_is_used_and_the_users_own_calibratio
     cached = cache_path(weights, card, "int8")  # what 'csra export --onnx --int8 --calibrate-on' leaves
     shutil.copy(shipped_int8(weights), cached)
     assert make_runner(str(weights), "auto", "cpu", "int8").path == str(cached)
+
+
+def test_a_damaged_int8_beside_the_weights_is_one_warning_not_a_crash(tmp_path, tiny_model_path, monkeypatch, capfd):
+    from csra_cli.engine.runners import make_runner, shipped_int8
+    from csra_cli.errors import CSRAError
+
+    monkeypatch.delenv("CSRA_BACKEND")
+    weights = tmp_path / "broken.safetensors"
+    shutil.copy(tiny_model_path, weights)
+    shutil.copy(tiny_model_path.with_suffix(".json"), weights.with_suffix(".json"))
+    shipped_int8(weights).write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    with pytest.raises(CSRAError, match="--calibrate-on"):
+        make_runner(str(weights), "auto", "cpu", "int8")
+    assert "broken.int8.onnx cannot be loaded" in capfd.readouterr().err

@@ -250,20 +250,19 @@ def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunn
     shipped = shipped_int8(weights)
     if precision != "int8" or not shipped.is_file():
         return None
-    problem = ""
     try:
         runner = OnnxRunner(str(shipped), "cpu", threads=os.cpu_count() or 1, card=card)
         if runner.meta.get("csra_export_key") == export_key(weights, card, precision):
             return runner
-        problem = "does not match"
+        problem = (f"does not match {Path(weights).name} as run here (other weights, graph settings "
+                   "or int8 recipe)")
     except Exception as exc:  # a damaged file only costs the shipped int8
-        problem = f"cannot be loaded ({str(exc).splitlines()[0][:120]}), so it does not replace"
+        problem = f"cannot be loaded ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
     if str(shipped) not in _warned:
         _warned.add(str(shipped))
         from ..console import warn
 
-        warn(f"{shipped.name} {problem} {Path(weights).name} as run here (other weights, graph settings "
-             "or int8 recipe); not used")
+        warn(f"{shipped.name} {problem}; not used")
     return None
 
 
