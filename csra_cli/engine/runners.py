@@ -225,12 +225,17 @@ def auto_runner(model, device: str = "auto", precision: str = "auto", weights: P
     try:
         import onnxruntime  # noqa: F401
 
-        return OnnxRunner(cached_onnx(model, weights), "cpu", threads=os.cpu_count() or 1, card=model.card)
+        return cpu_runner(cached_onnx(model, weights), model.card)
     except Exception as exc:  # any failure here only costs speed
         from ..console import warn
 
         warn(f"onnxruntime unavailable for this model ({str(exc).splitlines()[0][:200]}); using PyTorch")
         return TorchRunner(model, device, precision)
+
+
+def cpu_runner(path, card: ModelCard) -> OnnxRunner:
+    """An export of a model in our format on the CPU, with every core."""
+    return OnnxRunner(str(path), "cpu", threads=os.cpu_count() or 1, card=card)
 
 
 def shipped_int8(weights: Path) -> Path:
@@ -246,12 +251,12 @@ def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunn
     where there is none."""
     cached = cache_path(weights, card, precision)
     if cached.is_file():
-        return OnnxRunner(str(cached), "cpu", threads=os.cpu_count() or 1, card=card)
+        return cpu_runner(cached, card)
     shipped = shipped_int8(weights)
     if precision != "int8" or not shipped.is_file():
         return None
     try:
-        runner = OnnxRunner(str(shipped), "cpu", threads=os.cpu_count() or 1, card=card)
+        runner = cpu_runner(shipped, card)
         if runner.meta.get("csra_export_key") == export_key(weights, card, precision):
             return runner
         problem = (f"does not match {Path(weights).name} as run here (other weights, graph settings "
