@@ -238,3 +238,28 @@ def test_a_damaged_int8_beside_the_weights_is_one_warning_not_a_crash(tmp_path, 
     with pytest.raises(CSRAError, match="--calibrate-on"):
         make_runner(str(weights), "auto", "cpu", "int8")
     assert "broken.int8.onnx cannot be loaded" in capfd.readouterr().err
+
+
+def test_cpu_lanes_score_every_image_as_one_thread_does(tiny_model_path, monkeypatch):
+    """Lanes (one image per core at a time) give each image exactly the scores of a one-thread run,
+    in the batch's order; a one-image batch runs inline. CSRA_CPU_PARALLELISM picks the mode."""
+    from csra_cli.engine import runners
+    from csra_cli.errors import CSRAError
+    from csra_cli.models.loading import load_model
+
+    model = load_model(str(tiny_model_path))
+    path = runners.cached_onnx(model, tiny_model_path)
+    one = runners.OnnxRunner(path, "cpu", threads=1, card=model.card)
+    lanes = runners.OnnxRunner(path, "cpu", threads=1, card=model.card, lanes=3)
+    batch = np.random.default_rng(0).integers(0, 256, (7, 3, 64, 64), dtype=np.uint8)
+    assert lanes(batch[:1]).shape == (1, 20) and lanes._pool is None
+    np.testing.assert_array_equal(lanes(batch), one(batch))
+    assert lanes._pool is not None
+    assert len({tuple(row) for row in one(batch).round(6)}) == 7  # distinct images, so order is checked
+    monkeypatch.setenv("CSRA_CPU_PARALLELISM", "threads")
+    assert runners.cpu_runner(path, model.card).lanes == 1
+    monkeypatch.delenv("CSRA_CPU_PARALLELISM")
+    assert runners.cpu_runner(path, model.card).lanes == (os.cpu_count() or 1)
+    monkeypatch.setenv("CSRA_CPU_PARALLELISM", "many")
+    with pytest.raises(CSRAError, match="use lanes or threads"):
+        runners.cpu_runner(path, model.card)

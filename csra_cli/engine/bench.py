@@ -267,7 +267,7 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     say = log or (lambda m: None)
     result = {"model": card.name, "arch": card.arch, "input_size": card.input_size,
               "backend": "onnxruntime" if type(runner).__name__ == "OnnxRunner" else "torch",
-              "runner_precision": precision_of(runner), **cpu_info(),
+              "runner_precision": precision_of(runner), "cpu_lanes": getattr(runner, "lanes", None), **cpu_info(),
               "device": str(getattr(runner, "device", "cpu")), "precision": precision, "batch_size": batch_size,
               "workers": workers, "images": len(images), "torch_threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__}

@@ -58,13 +58,16 @@ class TorchRunner:
 class OnnxRunner:
     """An exported ``.onnx`` file through onnxruntime (CUDA provider when present)."""
 
-    def __init__(self, path: str, device: str = "auto", threads: int = 0, card: ModelCard | None = None):
+    def __init__(self, path: str, device: str = "auto", threads: int = 0, card: ModelCard | None = None,
+                 lanes: int = 1):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+        # lanes > 1: that many images run at once, each on its own thread (see cpu_runner)
+        self.lanes, self._pool = max(1, lanes), None
         available = ort.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if device != "cpu" and "CUDAExecutionProvider" in available:
@@ -95,8 +98,17 @@ class OnnxRunner:
         if self.fp16:
             x = x.astype(np.float16)
         step = len(x) if self.on_gpu else self.cpu_chunk
-        logits = np.concatenate([self.session.run(None, {self.input.name: x[i:i + step]})[0]
-                                 for i in range(0, len(x), step)]).astype(np.float32)
+        chunks = [x[i:i + step] for i in range(0, len(x), step)]
+        run = lambda chunk: self.session.run(None, {self.input.name: chunk})[0]  # noqa: E731
+        if self.lanes > 1 and len(chunks) > 1 and not self.on_gpu:
+            if self._pool is None:  # onnxruntime lets the GIL go while it runs
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="csra-lane")
+            outputs = list(self._pool.map(run, chunks))
+        else:
+            outputs = [run(chunk) for chunk in chunks]
+        logits = np.concatenate(outputs).astype(np.float32)
         return 1.0 / (1.0 + np.exp(-logits))
 
 
@@ -233,9 +245,25 @@ def auto_runner(model, device: str = "auto", precision: str = "auto", weights: P
         return TorchRunner(model, device, precision)
 
 
+def cpu_parallelism() -> str:
+    """How a CPU run uses its cores ($CSRA_CPU_PARALLELISM): "lanes" (the default), one image per
+    core at a time, each on one thread (a batch's images are independent), or "threads", one image
+    at a time spread over every core. Lanes gave more images/s on 2 cores (benchmarks/RESULTS.md):
+    at batch 1 the late layers of a CNN are too small to split well between threads."""
+    from ..errors import CSRAError
+
+    mode = os.environ.get("CSRA_CPU_PARALLELISM") or "lanes"
+    if mode not in ("lanes", "threads"):
+        raise CSRAError(f"CSRA_CPU_PARALLELISM={mode!r}: use lanes or threads")
+    return mode
+
+
 def cpu_runner(path, card: ModelCard) -> OnnxRunner:
     """An export of a model in our format on the CPU, with every core."""
-    return OnnxRunner(str(path), "cpu", threads=os.cpu_count() or 1, card=card)
+    cores = os.cpu_count() or 1
+    if cpu_parallelism() == "threads":
+        return OnnxRunner(str(path), "cpu", threads=cores, card=card)
+    return OnnxRunner(str(path), "cpu", threads=1, card=card, lanes=cores)
 
 
 def shipped_int8(weights: Path) -> Path:
