@@ -340,3 +340,18 @@ def test_downloads_must_be_weights_and_keep_their_first_digest(tmp_path, monkeyp
         fh.write(b"tampered")
     res = runner.invoke(app, ["models", "download", "dl-test"])
     assert res.exit_code == 2 and "changed since it was downloaded" in res.stderr, res.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["eval", "--json"], "Option '--json' requires an argument. (see 'csra eval --help')"),
+    (["tag", "--no-such-flag", "x.jpg"], "No such option: --no-such-flag (see 'csra tag --help')"),
+    (["tag"], "Missing argument 'INPUTS'. (see 'csra tag --help')"),
+    (["tagg"], "No such command 'tagg'. Did you mean 'tag'? (see 'csra --help')"),
+])
+def test_command_line_mistakes_are_one_line(args, needle):
+    """Through the installed entry point, not Typer's test runner: Typer would draw a box."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-m", "csra_cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"error: {needle}"]
