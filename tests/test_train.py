@@ -184,3 +184,31 @@ def test_a_model_trained_at_one_size_runs_at_its_test_size(tmp_path, isolated_ho
     bad = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--arch", "vit_b16",
                               "--test-size", "288", "--input-size", "224"])
     assert bad.exit_code == 2 and "position embeddings" in bad.output
+
+
+def test_feature_cache_key_follows_the_images_bytes_not_their_mtimes_or_folder(tmp_path, isolated_home, monkeypatch):
+    """A copied dataset (new folder, new mtimes) keeps its cached features; a changed image does
+    not; an unchanged dataset is recognised by a stat per file, without reading the images."""
+    import os
+    import shutil
+
+    from csra_cli.train import trainer
+
+    a = tmp_path / "a"
+    paths = [str(make_image(a / f"{i}.jpg", color=(30 * i, 60, 90))) for i in range(4)]
+    first = trainer._images_digest(paths)
+    copy = tmp_path / "b"
+    shutil.copytree(a, copy)  # copytree keeps mtimes: give the copy new ones, as a plain cp does
+    copied = [str(copy / f"{i}.jpg") for i in range(4)]
+    for p in copied:
+        os.utime(p, (1e9, 1e9))
+    assert trainer._images_digest(copied) == first
+    assert trainer._images_digest(copied[::-1]) != first  # the features' rows follow the order
+    monkeypatch.setattr(trainer, "sha256_file", lambda p: (_ for _ in ()).throw(AssertionError("read")))
+    assert trainer._images_digest(copied) == first  # remembered
+    monkeypatch.undo()
+    data = bytearray(open(copied[2], "rb").read())
+    data[-3] ^= 0xFF
+    open(copied[2], "wb").write(bytes(data))
+    os.utime(copied[2], (2e9, 2e9))
+    assert trainer._images_digest(copied) != first

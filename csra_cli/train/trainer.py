@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models.card import ModelCard
 from .losses import make_loss
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, sha256_file
 from ..models.checkpoint import save_csra, state_digest
 from ..console import status, status_done
 from ..data.datasets import LabelledSet
@@ -88,12 +88,43 @@ def _file_stamp(paths: list[str]) -> str:
     return _digest(stamp)
 
 
+def _images_digest(paths: list[str]) -> str:
+    """The images' bytes, in order (sha256 of each), for the feature cache key: a dataset copied
+    elsewhere or given new mtimes (a fresh copy, rsync without -t) keeps its cached features.
+    Remembered per (paths, sizes, mtimes), so that an unchanged dataset costs a stat per file."""
+    stamp = _file_stamp(paths)
+    memo_file = cache_dir() / "features" / "images-sha256.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if stamp in memo:
+        return memo[stamp]
+    digest = hashlib.sha256()
+    for p in paths:
+        try:
+            digest.update(bytes.fromhex(sha256_file(p)))
+        except OSError:  # fed as blank, like an undecodable image
+            digest.update(b"unreadable")
+    memo[stamp] = digest.hexdigest()[:20]
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(memo_file, json.dumps(dict(list(memo.items())[-200:]), indent=1).encode())
+    except OSError:  # a read-only cache only costs the hashing next time
+        pass
+    return memo[stamp]
+
+
+def features_key(frozen: nn.Module, data: LabelledSet, pre: Preprocess, flip: bool, cfg: TrainConfig) -> str:
+    return _digest(cfg.arch, pre.size, cfg.mean, cfg.std, cfg.trainable_stages, flip,
+                   _frozen_digest(frozen), _images_digest(data.paths))
+
+
 @torch.inference_mode()
 def cached_features(frozen: nn.Module, data: LabelledSet, pre: Preprocess, flip: bool, cfg: TrainConfig,
                     log=print) -> np.memmap:
     """Feature maps of the frozen stages for every image, fp16 on disk; computed once."""
-    key = _digest(cfg.arch, pre.size, cfg.mean, cfg.std, cfg.trainable_stages, flip,
-                  _frozen_digest(frozen), _file_stamp(data.paths))
+    key = features_key(frozen, data, pre, flip, cfg)
     folder = cache_dir() / "features"
     folder.mkdir(parents=True, exist_ok=True)
     path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
