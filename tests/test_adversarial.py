@@ -355,3 +355,14 @@ def test_command_line_mistakes_are_one_line(args, needle):
                           timeout=120, env=env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [f"error: {needle}"]
+
+
+def test_help_without_a_command_and_debug_tracebacks_pass_through_the_entry_point():
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "csra_cli", *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=120, env=env)
+    bare = run()
+    assert bare.returncode == 2 and "tag" in bare.stdout and bare.stderr == ""
+    debug = run("--debug", "tag", "/no/such/photo.jpg")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "CSRAError" in debug.stderr
+    assert "During handling" not in debug.stderr

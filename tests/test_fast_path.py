@@ -262,7 +262,10 @@ def test_cpu_lanes_score_every_image_as_one_thread_does(tiny_model_path, monkeyp
     monkeypatch.setenv("CSRA_CPU_PARALLELISM", "threads")
     assert runners.cpu_runner(path, model.card).lanes == 1
     monkeypatch.delenv("CSRA_CPU_PARALLELISM")
-    assert runners.cpu_runner(path, model.card).lanes == (os.cpu_count() or 1)
+    assert runners.cpu_runner(path, model.card).lanes == min(runners.cpu_cores(), runners.MAX_CPU_LANES)
+    monkeypatch.setattr(runners, "cpu_cores", lambda: 12)  # lanes beyond 4 share the cores as threads
+    assert (runners.cpu_runner(path, None).lanes, runners.cpu_runner(path, None).session.get_session_options()
+            .intra_op_num_threads) == (4, 3)
     monkeypatch.setenv("CSRA_CPU_PARALLELISM", "many")
     with pytest.raises(CSRAError, match="use lanes or threads"):
         runners.cpu_runner(path, model.card)

@@ -22,6 +22,8 @@ def main() -> None:
     try:
         code = command.main(prog_name="csra", standalone_mode=False)
     except click.UsageError as exc:
+        if not exc.format_message().strip():  # plain `csra`: Typer has printed the help already
+            sys.exit(EXIT_USAGE)
         # an option's missing value comes without a context: name the command from the arguments
         sub = next((a for a in sys.argv[1:] if a in getattr(command, "commands", {})), None)
         where = exc.ctx.command_path if exc.ctx else f"csra {sub}" if sub else "csra"
@@ -30,7 +32,7 @@ def main() -> None:
     except click.ClickException as exc:
         error(exc.format_message())
         sys.exit(exc.exit_code)
-    except click.Abort:  # Ctrl-C while Click itself was waiting (a prompt)
+    except typer.Abort:  # Ctrl-C while Click itself was waiting (a prompt)
         error("aborted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

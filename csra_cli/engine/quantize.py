@@ -67,7 +67,10 @@ class _Images:
 def fp32_nodes(model) -> list[str]:
     """Names of the nodes that stay fp32: the CSRA head (everything fed by the classifier's
     weights) and every convolution up to the one whose output is the smallest feature map (fewest
-    values) at a quarter of the input's resolution or more, the first of them on a tie."""
+    values) at a quarter of the input's resolution or more, the first of them on a tie. Measured on
+    EfficientNet, a chain there; in ResNet the max-pool's output also feeds layer1's int8 shortcut,
+    so two maps cross into int8 (unmeasured). A ViT has no 4-D maps after its patch embedding:
+    only its head stays fp32."""
     import onnx
 
     head_inits = {i.name for i in model.graph.initializer if i.name.startswith("classifier.")}

@@ -258,12 +258,26 @@ def cpu_parallelism() -> str:
     return mode
 
 
-def cpu_runner(path, card: ModelCard) -> OnnxRunner:
-    """An export of a model in our format on the CPU, with every core."""
-    cores = os.cpu_count() or 1
+def cpu_cores() -> int:
+    """The cores this process may use (taskset and container CPU sets included)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Lanes beyond this share the cores as threads: a batch of 16 then still fills every lane in whole
+# rounds, and each lane's activation memory is paid at most this many times. Only 2 cores measured.
+MAX_CPU_LANES = 4
+
+
+def cpu_runner(path, card: ModelCard | None) -> OnnxRunner:
+    """An export of a model on the CPU, with every core (card None: the one in its metadata)."""
+    cores = cpu_cores()
     if cpu_parallelism() == "threads":
         return OnnxRunner(str(path), "cpu", threads=cores, card=card)
-    return OnnxRunner(str(path), "cpu", threads=1, card=card, lanes=cores)
+    lanes = min(cores, MAX_CPU_LANES)
+    return OnnxRunner(str(path), "cpu", threads=cores // lanes, card=card, lanes=lanes)
 
 
 def shipped_int8(weights: Path) -> Path:
@@ -350,11 +364,11 @@ def _make_runner(model, backend, device, precision, arch, heads, lam, class_name
             raise CSRAError("--backend onnx needs --model FILE.onnx (make one with 'csra export --onnx')")
         if not Path(model).is_file():
             raise CSRAError(f"{model}: no such file")
-        return OnnxRunner(model, device)
+        return cpu_runner(model, None) if runs_on_cpu(device) else OnnxRunner(model, device)
     if backend not in ("auto", "torch"):
         raise CSRAError(f"--backend {backend!r}: use auto, torch or onnx")
     if model and model.endswith(".onnx"):
-        return OnnxRunner(model, device)
+        return cpu_runner(model, None) if runs_on_cpu(device) else OnnxRunner(model, device)
     on_cpu = runs_on_cpu(device)
     if precision == "int8" and (backend == "torch" or not on_cpu):
         raise CSRAError("--precision int8 runs through onnxruntime on the CPU: use --device cpu and --backend auto")
