@@ -1,5 +1,5 @@
 """How onnxruntime should use the CPU's cores: "threads" (one image at a time over every core)
-against "lanes" (one image per core at a time, one thread each; csra's default).
+against "lanes" (one image per core at a time, one thread each, up to 4 lanes; csra's default).
 
     python benchmarks/cpu_parallelism.py IMAGE_LIST [MODEL] [ROUNDS]
 
@@ -16,19 +16,6 @@ import time
 import numpy as np
 
 
-def model_only(runners: dict, batch: np.ndarray, rounds: int) -> dict:
-    for r in runners.values():
-        r(batch)  # warm-up
-    rates = {k: [] for k in runners}
-    order = list(runners)
-    for i in range(rounds):
-        for k in order if i % 2 == 0 else order[::-1]:
-            t = time.perf_counter()
-            runners[k](batch)
-            rates[k].append(round(len(batch) / (time.perf_counter() - t), 2))
-    return rates
-
-
 def whole_process(paths: list[str], model: str, precision: str, mode: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CSRA_CPU_PARALLELISM": mode}
@@ -40,6 +27,7 @@ def whole_process(paths: list[str], model: str, precision: str, mode: str) -> fl
 
 def main() -> None:
     from csra_cli.engine import runners as R
+    from csra_cli.engine.bench import alternating_rates
 
     paths = open(sys.argv[1]).read().split()
     model = sys.argv[2] if len(sys.argv) > 2 else "default"
@@ -49,11 +37,12 @@ def main() -> None:
         base = R.make_runner(model, "auto", "cpu", precision)
         if not isinstance(base, R.OnnxRunner) or base.precision != precision:
             sys.exit(f"{model}: no {precision} export on the CPU; run 'csra tag' with --precision {precision} once")
-        cores = os.cpu_count() or 1
+        cores = R.cpu_cores()
+        lanes = min(cores, R.MAX_CPU_LANES)
         modes = {"threads": R.OnnxRunner(base.path, "cpu", threads=cores, card=base.card),
-                 "lanes": R.OnnxRunner(base.path, "cpu", threads=1, card=base.card, lanes=cores)}
+                 "lanes": R.OnnxRunner(base.path, "cpu", threads=cores // lanes, card=base.card, lanes=lanes)}
         batch = np.stack([base.pre.load(p) for p in paths[:16]])
-        rates = model_only(modes, batch, rounds)
+        rates = alternating_rates(modes, batch, rounds)
         out[f"model_only_{precision}"] = {
             **{k: {"images_per_s": float(np.median(v)), "rounds": v} for k, v in rates.items()},
             "lanes_vs_threads": round(float(np.median([a / b for a, b in zip(rates["lanes"], rates["threads"])])), 2)}

@@ -232,21 +232,27 @@ def _precision_twin(runner, model_name, precision: str):
     return (other, twin) if ok else None
 
 
+def alternating_rates(runners: dict, batch: np.ndarray, rounds: int) -> dict[str, list[float]]:
+    """images/s of each runner on ``batch``, once per round after one warm-up each, the order
+    reversed every round (ABBA)."""
+    for r in runners.values():
+        r(batch)  # warm-up
+    rates = {k: [] for k in runners}
+    order = list(runners)
+    for i in range(rounds):
+        for k in order if i % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            runners[k](batch)
+            _sync(runners[k])
+            rates[k].append(round(len(batch) / (time.perf_counter() - t), 2))
+    return rates
+
+
 def bench_int8_vs_fp32(runners: dict, batch_size: int, rounds: int = 4) -> dict:
     """Model-only speed of int8 against fp32, one batch each per round, the order reversed every
     round (ABBA), so that a machine whose speed drifts during the run (RESULTS.md saw 2x) slows
     both alike; the ratio is the median of the rounds'."""
-    batch = _random_batch(next(iter(runners.values())), batch_size)
-    for r in runners.values():
-        r(batch)  # warm-up
-    rates = {p: [] for p in runners}
-    order = list(runners)
-    for i in range(rounds):
-        for p in order if i % 2 == 0 else order[::-1]:
-            t = time.perf_counter()
-            runners[p](batch)
-            _sync(runners[p])
-            rates[p].append(round(batch_size / (time.perf_counter() - t), 2))
+    rates = alternating_rates(runners, _random_batch(next(iter(runners.values())), batch_size), rounds)
     ratio = float(np.median([a / b for a, b in zip(rates["int8"], rates["fp32"])]))
     return {**{f"model_only_{p}": {"images_per_s": round(float(np.median(v)), 2), "rounds": v}
                for p, v in rates.items()},
