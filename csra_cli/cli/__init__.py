@@ -13,15 +13,15 @@ def main() -> None:
     import typer
 
     try:  # recent Typer carries its own copy of Click; older ones use Click itself
-        from typer._click import exceptions as click
+        from typer._click import exceptions as click_errors
     except ImportError:
-        from click import exceptions as click
+        from click import exceptions as click_errors
     from ..console import error
 
     command = typer.main.get_command(app)
     try:
         code = command.main(prog_name="csra", standalone_mode=False)
-    except click.UsageError as exc:
+    except click_errors.UsageError as exc:
         if not exc.format_message().strip():  # plain `csra`: Typer has printed the help already
             sys.exit(EXIT_USAGE)
         # an option's missing value comes without a context: name the command from the arguments
@@ -29,7 +29,7 @@ def main() -> None:
         where = exc.ctx.command_path if exc.ctx else f"csra {sub}" if sub else "csra"
         error(f"{exc.format_message()} (see '{where} --help')")
         sys.exit(EXIT_USAGE)
-    except click.ClickException as exc:
+    except click_errors.ClickException as exc:
         error(exc.format_message())
         sys.exit(exc.exit_code)
     except typer.Abort:  # Ctrl-C while Click itself was waiting (a prompt)

@@ -116,6 +116,7 @@ def _images_digest(paths: list[str]) -> str:
 
 
 def features_key(frozen: nn.Module, data: LabelledSet, pre: Preprocess, flip: bool, cfg: TrainConfig) -> str:
+    """What cached feature maps depend on: the frozen stages' weights, the preprocessing, the images."""
     return _digest(cfg.arch, pre.size, cfg.mean, cfg.std, cfg.trainable_stages, flip,
                    _frozen_digest(frozen), _images_digest(data.paths))
 
