@@ -34,26 +34,27 @@ def _dataset(folder, n=24):
 
 
 def test_train_a_few_steps_writes_a_usable_model(tmp_path):
+    """A dotted name (toy.v1) keeps its dot: the files are toy.v1.safetensors and toy.v1.json."""
     lab = _dataset(tmp_path / "data")
     out = tmp_path / "run"
     args = ["train", "--dataset", "csv", "--labels", lab, "--val-labels", lab, "--arch", "efficientnet_lite0",
             "--input-size", "64", "--heads", "2", "--lam", "0.3", "--epochs", "3", "--batch-size", "8",
             "--optimizer", "adamw", "--lr", "0.001", "--warmup-epochs", "1", "--trainable-stages", "1",
-            "--workers", "0", "--out", out, "--name", "toy", "--seed", "1", "--ema", "0.9"]
+            "--workers", "0", "--out", out, "--name", "toy.v1", "--seed", "1", "--ema", "0.9"]
     res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    model = load_model(str(out / "toy.safetensors"))
+    model = load_model(str(out / "toy.v1.safetensors"))
     card = model.card
     assert card.classes == ["blue", "red"] and card.num_heads == 2 and card.input_size == 64
     assert set(card.thresholds) == {"blue", "red"} and card.metrics["num_images"] == 24
     assert len(card.training["history"]) == 3 and "val_mAP" in card.training["history"][-1]
     assert (out / "checkpoint.pt").exists()
     # the README's train -> tag flow: the model is found by its name
-    assert load_model("toy").card.classes == ["blue", "red"] and "--model toy" in res.stderr
+    assert load_model("toy.v1").card.classes == ["blue", "red"] and "--model toy.v1" in res.stderr
     # the features were cached: a second run with --resume reuses them and trains nothing more
     res2 = runner.invoke(app, [str(a) for a in args] + ["--resume"], catch_exceptions=False)
     assert res2.exit_code == 0 and "reusing cache" in res2.output
-    again = load_model(str(out / "toy.safetensors"))
+    again = load_model(str(out / "toy.v1.safetensors"))
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), again(x))

@@ -415,6 +415,6 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
     card.training = {"data": train_set.name, "images": len(train_set), "config": asdict(cfg),
                      "history": history, **(card_extra or {})}
     model.eval()
-    path = save_csra(model.to(memory_format=torch.contiguous_format), card, out / name, half=cfg.half)
+    path = save_csra(model.to(memory_format=torch.contiguous_format), card, out / f"{name}.safetensors", half=cfg.half)
     atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
     return path, report
