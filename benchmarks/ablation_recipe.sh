@@ -3,7 +3,7 @@
 # fine-tuned on cached block-4 maps at 384 px, run and validated at 512 px), only the head changed:
 # lambda = 0 (average pooling + linear, no attention) against CSRA with 1/2/4/6/8 heads.
 # Resumable: a finished run is reported from its card, an interrupted one continues (--resume),
-# so the six runs (~30 min each on 2 cores, features cached once for all) can span sessions.
+# so the six runs (~45 min each on 2 cores, features cached once for all) can span sessions.
 # Usage: benchmarks/ablation_recipe.sh ../shared/data/voc2007/VOCdevkit [out_dir] [heads:lam ...]
 set -euo pipefail
 root=${1:?VOCdevkit folder}
