@@ -212,5 +212,17 @@ def test_feature_cache_key_follows_the_images_bytes_not_their_mtimes_or_folder(t
     data = bytearray(open(copied[2], "rb").read())
     data[-3] ^= 0xFF
     open(copied[2], "wb").write(bytes(data))
-    os.utime(copied[2], (2e9, 2e9))
+    os.utime(copied[2], (1e9, 1e9))  # an edit that kept the mtime (exiftool -P): the ctime moved
     assert trainer._images_digest(copied) != first
+    os.chmod(copied[1], 0)
+    if not os.access(copied[1], os.R_OK):  # (root reads anyway)
+        blind = trainer._images_digest(copied)
+        os.chmod(copied[1], 0o644)  # readable again, mtime unchanged: not served from the memo
+        assert trainer._images_digest(copied) != blind
+    os.chmod(copied[1], 0o644)
+
+
+def test_a_model_name_cannot_look_like_a_model_file(tmp_path):
+    lab = _dataset(tmp_path / "data", n=4)
+    res = runner.invoke(app, ["train", "--dataset", "csv", "--labels", str(lab), "--name", "mine.pt"])
+    assert res.exit_code != 0 and "cannot end in .pt" in res.stderr

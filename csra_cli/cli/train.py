@@ -63,6 +63,7 @@ def train(
     result is registered in $CSRA_HOME under its name: use it with --model NAME."""
     from ..data.selection import open_dataset
     from ..engine.device import set_threads
+    from ..models.loading import MODEL_FILE_SUFFIXES
     from ..train.trainer import TrainConfig, train as run_train
 
     if trainable_stages not in (None, "all") and not trainable_stages.isdigit():
@@ -74,6 +75,8 @@ def train(
         stages = 0
     if not name or name != Path(name).name or name.startswith("."):
         raise CSRAError(f"--name {name!r}: a plain file name (no folders), e.g. my-model")
+    if Path(name).suffix.lower() in MODEL_FILE_SUFFIXES:  # --model NAME would be taken for a file
+        raise CSRAError(f"--name {name!r}: a model name cannot end in {Path(name).suffix}, e.g. my-model")
     check_output(out)
     out = out if out is not None else Path("runs") / name  # a default folder is csra's to create
     if heads not in (1, 2, 4, 6, 8):

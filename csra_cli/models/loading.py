@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .csra import CSRAModel
 
 OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+MODEL_FILE_SUFFIXES = OFFICIAL_SUFFIXES + (".safetensors", ".json")  # --model X.suffix is a file
 # Preprocessing of the official models: ResNet takes RGB in [0, 1] at 448, ViT mean = std = 0.5.
 OFFICIAL_RESNET = {"input_size": 448, "mean": None, "std": None}
 OFFICIAL_VIT = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -118,7 +119,7 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     if own is None:  # "fast", "default": short names of shipped models
         name_or_path = registry.canonical(name_or_path)
     named = own is not None or registry.is_name(name_or_path)
-    if path.suffix in OFFICIAL_SUFFIXES + (".safetensors", ".json") or (path.exists() and not named):
+    if path.suffix in MODEL_FILE_SUFFIXES or (path.exists() and not named):
         if not path.exists():
             raise ModelNotFound(f"{path}: no such model file")
         if path.is_dir():

@@ -78,20 +78,22 @@ def _frozen_digest(frozen: nn.Module) -> str:
 
 
 def _file_stamp(paths: list[str]) -> str:
+    """What a stat tells of the files. ctime and inode too: an edit that keeps the mtime (exiftool -P)
+    still changes the ctime, which no tool can set back."""
     stamp = []
     for p in paths:
         try:
             st = Path(p).stat()
-            stamp.append((p, st.st_size, int(st.st_mtime)))
+            stamp.append((p, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
         except OSError:
-            stamp.append((p, -1, -1))
+            stamp.append((p, -1))
     return _digest(stamp)
 
 
 def _images_digest(paths: list[str]) -> str:
     """The images' bytes, in order (sha256 of each), for the feature cache key: a dataset copied
     elsewhere or given new mtimes (a fresh copy, rsync without -t) keeps its cached features.
-    Remembered per (paths, sizes, mtimes), so that an unchanged dataset costs a stat per file."""
+    Remembered per stat (``_file_stamp``), so that an unchanged dataset costs a stat per file."""
     stamp = _file_stamp(paths)
     memo_file = cache_dir() / "features" / "images-sha256.json"
     try:
@@ -100,12 +102,15 @@ def _images_digest(paths: list[str]) -> str:
         memo = {}
     if stamp in memo:
         return memo[stamp]
-    digest = hashlib.sha256()
+    digest, unreadable = hashlib.sha256(), False
     for p in paths:
         try:
             digest.update(bytes.fromhex(sha256_file(p)))
         except OSError:  # fed as blank, like an undecodable image
             digest.update(b"unreadable")
+            unreadable = True
+    if unreadable:  # not remembered: once readable again (chmod keeps the mtime), it is hashed anew
+        return digest.hexdigest()[:20]
     memo[stamp] = digest.hexdigest()[:20]
     try:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
