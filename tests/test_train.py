@@ -58,6 +58,12 @@ def test_train_a_few_steps_writes_a_usable_model(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), again(x))
+    # images changed since the checkpoint: resuming would mix two datasets
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (20, 20, 230)).save(tmp_path / "data" / "im1.png")
+    res3 = runner.invoke(app, [str(a) for a in args] + ["--resume"])
+    assert res3.exit_code != 0 and "images changed" in res3.stderr
 
 
 def test_random_resized_crop_keeps_shape_and_content():
@@ -173,8 +179,7 @@ def test_a_model_trained_at_one_size_runs_at_its_test_size(tmp_path, isolated_ho
     assert card.input_size == 96  # tag/eval/export run it at the test size …
     assert card.training["config"]["input_size"] == 64 and card.training["config"]["test_size"] == 96
     # … and its val metrics and thresholds were measured there: val features cached at 96 px
-    metas = [json.loads(p.read_text()) for p in (isolated_home / "features").glob("*.json")
-             if p.name != "images-sha256.json"]  # the memo of the images' digests
+    metas = [json.loads(p.read_text()) for p in (isolated_home / "features").glob("*.json")]
     assert sorted({(m["size"], m["images"], m["flip"]) for m in metas}) == [(64, 16, False), (64, 16, True),
                                                                             (96, 16, False)]
     assert card.training["history"][0]["val_size"] == 96

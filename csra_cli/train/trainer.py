@@ -95,7 +95,7 @@ def _images_digest(paths: list[str]) -> str:
     elsewhere or given new mtimes (a fresh copy, rsync without -t) keeps its cached features.
     Remembered per stat (``_file_stamp``), so that an unchanged dataset costs a stat per file."""
     stamp = _file_stamp(paths)
-    memo_file = cache_dir() / "features" / "images-sha256.json"
+    memo_file = cache_dir() / "images-sha256.json"  # beside features/: image-trained runs use it too
     try:
         memo = json.loads(memo_file.read_text())
     except (OSError, ValueError):
@@ -346,8 +346,13 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
     loss_fn = make_loss(cfg.loss)
     base_lrs = [g["lr"] for g in opt.param_groups]
     ckpt_path, start_epoch, history = out / "checkpoint.pt", 0, []
+    # the images the run learns and is validated on: a resumed run must go on with the same ones
+    data = [_images_digest(train_set.paths), _images_digest(val_set.paths) if val_set else ""]
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ck.get("data", data) != data:  # checkpoints older than this check carry none
+            raise ValueError(f"--resume: the training or validation images changed since {ckpt_path} was "
+                             "written; train into a new --out (or drop --resume)")
         tail.load_state_dict(ck["tail"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history = ck["epoch"], json.loads(ck["history"])
@@ -393,7 +398,7 @@ def train(cfg: TrainConfig, train_set: LabelledSet, val_set: LabelledSet | None,
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f}"
             + (f" val mAP {record['val_mAP']:.2f}" if "val_mAP" in record else "") + f" ETA {left:.0f}s")
         state = {"tail": tail.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                 "sizes": [cfg.input_size, test_pre.size],
+                 "sizes": [cfg.input_size, test_pre.size], "data": data,
                  "history": json.dumps(history)}
         if ema is not None:
             state["ema"] = ema.state_dict()
