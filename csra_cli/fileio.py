@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import stat
 import tempfile
@@ -15,6 +16,33 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def remembered(memo_file: Path, key: str) -> str | None:
+    """A digest noted by ``remember`` under ``key`` (a file's stat, say), None if there is none."""
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        return None
+    value = memo.get(key) if isinstance(memo, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def remember(memo_file: Path, key: str, value: str, keep: int = 200) -> None:
+    """Note ``value`` under ``key`` in a small JSON file, keeping the newest ``keep`` notes; a memo
+    that cannot be written (read-only cache) only costs computing the value again next time."""
+    try:
+        memo = json.loads(memo_file.read_text())
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    memo.pop(key, None)
+    memo[key] = value
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(memo_file, json.dumps(dict(list(memo.items())[-keep:]), indent=1).encode())
+    except OSError:
+        pass
 
 
 def umask_mode() -> int:

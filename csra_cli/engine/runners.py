@@ -144,26 +144,16 @@ class FlipAveraged:
 def weights_sha256(path: Path) -> str:
     """sha256 of a weights file, remembered per (path, size, mtime) in the cache so that a start-up
     costs a stat, not a read of the whole file; a changed file is hashed again."""
-    from ..fileio import atomic_write_bytes, sha256_file
+    from ..fileio import remember, remembered, sha256_file
     from ..models.registry import cache_dir
 
     path = Path(path).resolve()
     st = path.stat()
-    memo_file = cache_dir() / "onnx" / "weights-sha256.json"
-    try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    stamp = [st.st_size, st.st_mtime_ns]
-    hit = memo.get(str(path))
-    if hit and hit[:2] == stamp:
-        return hit[2]
-    digest = sha256_file(path)
-    memo[str(path)] = stamp + [digest]
-    try:
-        atomic_write_bytes(memo_file, json.dumps(memo, indent=1).encode())
-    except OSError:  # a read-only cache only costs the hashing next time
-        pass
+    memo_file, key = cache_dir() / "onnx" / "weights-sha256.json", f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    digest = remembered(memo_file, key)
+    if digest is None:
+        digest = sha256_file(path)
+        remember(memo_file, key, digest)
     return digest
 
 
@@ -352,6 +342,11 @@ def make_runner(model: str | None, backend: str = "auto", device: str = "auto", 
     return FlipAveraged(runner) if tta else runner
 
 
+def _onnx_file_runner(path: str, device: str) -> OnnxRunner:
+    """A user's ``.onnx`` file: on the CPU with every core as our own exports, else as onnxruntime picks."""
+    return cpu_runner(path, None) if runs_on_cpu(device) else OnnxRunner(path, device)
+
+
 def _make_runner(model, backend, device, precision, arch, heads, lam, class_names):
     from ..errors import CSRAError
     from ..models.loading import load_model, resolve
@@ -364,11 +359,11 @@ def _make_runner(model, backend, device, precision, arch, heads, lam, class_name
             raise CSRAError("--backend onnx needs --model FILE.onnx (make one with 'csra export --onnx')")
         if not Path(model).is_file():
             raise CSRAError(f"{model}: no such file")
-        return cpu_runner(model, None) if runs_on_cpu(device) else OnnxRunner(model, device)
+        return _onnx_file_runner(model, device)
     if backend not in ("auto", "torch"):
         raise CSRAError(f"--backend {backend!r}: use auto, torch or onnx")
     if model and model.endswith(".onnx"):
-        return cpu_runner(model, None) if runs_on_cpu(device) else OnnxRunner(model, device)
+        return _onnx_file_runner(model, device)
     on_cpu = runs_on_cpu(device)
     if precision == "int8" and (backend == "torch" or not on_cpu):
         raise CSRAError("--precision int8 runs through onnxruntime on the CPU: use --device cpu and --backend auto")

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models.card import ModelCard
 from .losses import make_loss
-from ..fileio import atomic_write_bytes, sha256_file
+from ..fileio import atomic_write_bytes, remember, remembered, sha256_file
 from ..models.checkpoint import save_csra, state_digest
 from ..console import status, status_done
 from ..data.datasets import LabelledSet
@@ -96,12 +96,9 @@ def _images_digest(paths: list[str]) -> str:
     Remembered per stat (``_file_stamp``), so that an unchanged dataset costs a stat per file."""
     stamp = _file_stamp(paths)
     memo_file = cache_dir() / "images-sha256.json"  # beside features/: image-trained runs use it too
-    try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if stamp in memo:
-        return memo[stamp]
+    known = remembered(memo_file, stamp)
+    if known is not None:
+        return known
     digest, unreadable = hashlib.sha256(), False
     for p in paths:
         try:
@@ -109,15 +106,9 @@ def _images_digest(paths: list[str]) -> str:
         except OSError:  # fed as blank, like an undecodable image
             digest.update(b"unreadable")
             unreadable = True
-    if unreadable:  # not remembered: once readable again (chmod keeps the mtime), it is hashed anew
-        return digest.hexdigest()[:20]
-    memo[stamp] = digest.hexdigest()[:20]
-    try:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(memo_file, json.dumps(dict(list(memo.items())[-200:]), indent=1).encode())
-    except OSError:  # a read-only cache only costs the hashing next time
-        pass
-    return memo[stamp]
+    if not unreadable:  # an unreadable one is hashed anew once readable (chmod keeps the mtime)
+        remember(memo_file, stamp, digest.hexdigest()[:20])
+    return digest.hexdigest()[:20]
 
 
 def features_key(frozen: nn.Module, data: LabelledSet, pre: Preprocess, flip: bool, cfg: TrainConfig) -> str:
