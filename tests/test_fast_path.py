@@ -187,6 +187,7 @@ def test_int8_of_the_shipped_model_runs_without_calibration_or_torch(tmp_path, i
 def test_an_int8_export_beside_other_weights_is_not_used(tmp_path, tiny_model_path, monkeypatch, capfd):
     """NAME.int8.onnx that was not made from NAME.safetensors (here: no export key at all) is
     passed over with a warning; without a cached one, int8 asks for calibration."""
+    from csra_cli.engine import runners
     from csra_cli.engine.runners import cached_onnx, make_runner, shipped_int8
     from csra_cli.errors import CSRAError
     from csra_cli.models.loading import load_model
@@ -196,10 +197,14 @@ def test_an_int8_export_beside_other_weights_is_not_used(tmp_path, tiny_model_pa
     shutil.copy(tiny_model_path.with_suffix(".json"), weights.with_suffix(".json"))
     shutil.copy(cached_onnx(load_model(str(weights)), weights), shipped_int8(weights))
     monkeypatch.delenv("CSRA_BACKEND")
+    opened = []
+    real_cpu_runner = runners.cpu_runner
+    monkeypatch.setattr(runners, "cpu_runner", lambda path, card: opened.append(path) or real_cpu_runner(path, card))
     for _ in range(2):
         with pytest.raises(CSRAError, match="--calibrate-on"):
             make_runner(str(weights), "auto", "cpu", "int8")
     assert capfd.readouterr().err.count("tiny.int8.onnx does not match tiny.safetensors") == 1  # said once
+    assert opened == [shipped_int8(weights)]  # and opened once, not again by the fallback or the next run
 
 
 def test_a_matching_int8_beside_the_weights_is_used_and_the_users_own_calibration_wins(tmp_path, tiny_model_path,
@@ -269,3 +274,18 @@ def test_cpu_lanes_score_every_image_as_one_thread_does(tiny_model_path, monkeyp
     monkeypatch.setenv("CSRA_CPU_PARALLELISM", "many")
     with pytest.raises(CSRAError, match="use lanes or threads"):
         runners.cpu_runner(path, model.card)
+
+
+def test_pools_are_sized_from_the_cores_this_process_may_use(monkeypatch):
+    """taskset or a container's CPU set: the decode workers and lanes follow the affinity, not the
+    machine's core count (os.cpu_count), which would oversubscribe the allowed cores."""
+    import os
+
+    from csra_cli.cli.app import default_workers
+    from csra_cli.cpu import cpu_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert (cpu_cores(), default_workers()) == (1, 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)), raising=False)
+    assert (cpu_cores(), default_workers()) == (3, 2)

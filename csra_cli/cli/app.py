@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
+from ..cpu import cpu_cores
 from ..console import error
 from ..errors import CSRAError
 
@@ -123,7 +124,7 @@ def main_callback(
 
 
 def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+    return max(1, min(4, cpu_cores() - 1))
 
 
 def resolve_workers(workers: int) -> int:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cpu import cpu_cores
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process and of its finished worker processes (MB)."""
@@ -276,7 +278,7 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
               "runner_precision": precision_of(runner), "cpu_lanes": getattr(runner, "lanes", None), **cpu_info(),
               "device": str(getattr(runner, "device", "cpu")), "precision": precision, "batch_size": batch_size,
               "workers": workers, "images": len(images), "torch_threads": torch.get_num_threads(),
-              "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__}
+              "cpu_count": os.cpu_count(), "cpu_cores": cpu_cores(), "python": sys.version.split()[0], "torch": torch.__version__}
     say("model only …")
     result["model_only"] = bench_model_only(runner, batch_size)
     say("end to end (ours) …")
@@ -293,7 +295,7 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
         result["startup"] = bench_startup(model_name, images[0], precision)
     if baselines and not (model_name or "").endswith(".onnx"):  # PyTorch loops of the same model
         torch_model = load_model(model_name)
-        torch.set_num_threads(os.cpu_count() or 1)  # the baselines run in PyTorch
+        torch.set_num_threads(cpu_cores())  # the baselines run in PyTorch
         say("baseline: demo-style loop …")
         result["demo_style"] = bench_demo_style(torch_model, images)
         say("baseline: val-style loop …")

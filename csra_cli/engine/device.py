@@ -6,6 +6,7 @@ import platform
 import sys
 from typing import TYPE_CHECKING
 
+from ..cpu import cpu_cores
 from ..errors import CSRAError
 
 if TYPE_CHECKING:  # torch is imported where a device is actually needed
@@ -72,4 +73,4 @@ def set_threads() -> None:
     Only where torch is loaded already (TorchRunner calls it too): importing it here would
     cost an onnxruntime run seconds for nothing."""
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(os.cpu_count() or 1)
+        sys.modules["torch"].set_num_threads(cpu_cores())

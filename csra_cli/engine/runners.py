@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpu import cpu_cores
 from ..models.card import ModelCard
 from ..data.preprocess import Preprocess
 from .device import autocast_dtype, pick_device, runs_on_cpu
@@ -248,14 +249,6 @@ def cpu_parallelism() -> str:
     return mode
 
 
-def cpu_cores() -> int:
-    """The cores this process may use (taskset and container CPU sets included)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
 # Lanes beyond this share the cores as threads: a batch of 16 then still fills every lane in whole
 # rounds, and each lane's activation memory is paid at most this many times. Only 2 cores measured.
 MAX_CPU_LANES = 4
@@ -285,7 +278,7 @@ def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunn
     if cached.is_file():
         return cpu_runner(cached, card)
     shipped = shipped_int8(weights)
-    if precision != "int8" or not shipped.is_file():
+    if precision != "int8" or not shipped.is_file() or str(shipped) in _refused:
         return None
     try:
         runner = cpu_runner(shipped, card)
@@ -295,15 +288,16 @@ def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunn
                    "or int8 recipe)")
     except Exception as exc:  # a damaged file only costs the shipped int8
         problem = f"cannot be loaded ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
-    if str(shipped) not in _warned:
-        _warned.add(str(shipped))
-        from ..console import warn
+    _refused.add(str(shipped))
+    from ..console import warn
 
-        warn(f"{shipped.name} {problem}; not used")
+    warn(f"{shipped.name} {problem}; not used")
     return None
 
 
-_warned: set[str] = set()  # the shipped files already warned about in this process
+# Shipped int8 files found not to fit in this process: warned about once and not opened again
+# (a run that falls back from the fast path would otherwise load the same file twice).
+_refused: set[str] = set()
 
 
 def fast_runner(model: str | None, precision: str = "auto", lam: float | None = None) -> OnnxRunner | None:

@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
+from ..cpu import cpu_cores
+
 THUMB_PX = 160
 
 
@@ -46,7 +48,7 @@ def thumbnail(path: str, size: int = THUMB_PX, quality: int = 60) -> str:
 
 def thumbnails(paths: Iterable[str], size: int = THUMB_PX, workers: int | None = None) -> list[str]:
     """Thumbnails in the order of ``paths``; Pillow decodes outside the GIL, so threads overlap."""
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    workers = workers or min(8, cpu_cores())
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda p: thumbnail(p, size), paths, chunksize=16))
 
