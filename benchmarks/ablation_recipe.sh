@@ -5,6 +5,7 @@
 # Resumable: a finished run is reported from its card, an interrupted one continues (--resume),
 # so the six runs (~45 min each on 2 cores, features cached once for all) can span sessions.
 # Usage: benchmarks/ablation_recipe.sh ../shared/data/voc2007/VOCdevkit [out_dir] [heads:lam ...]
+# Ends with the Markdown tables of every finished run (benchmarks/ablation_table.py).
 set -euo pipefail
 root=${1:?VOCdevkit folder}
 out=${2:-runs/ablation-recipe}
@@ -37,3 +38,4 @@ print(f"{card['name']}: val mAP {m['mAP']:.2f} CF1 {m['CF1']:.2f} OF1 {m['OF1']:
       f"(last epoch at {h[-1]['val_size']} px: {h[-1]['val_mAP']:.2f}; {sum(r['seconds'] for r in h):.0f} s of epochs)")
 PY
 done
+python3 "$(dirname "$0")/ablation_table.py" "$out"
