@@ -1,5 +1,5 @@
-"""The ablation's Markdown tables, from the cards its runs wrote: final val metrics per head setting
-and val mAP per epoch (both at the run size). Unfinished runs are left out.
+"""The Markdown tables of recipe runs (benchmarks/ablation_recipe.sh, levers_recipe.sh), from the
+cards they wrote: final val metrics per run and val mAP per epoch. Unfinished runs are left out.
 
 Usage: python benchmarks/ablation_table.py [runs/ablation-recipe]
 """
@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def label(card: dict) -> str:
+    if not card["name"].startswith("heads"):  # a lever's run (benchmarks/levers_recipe.sh): its name
+        return card["name"]
     if card["lam"] == 0:
         return "λ = 0 (average pooling + linear, no attention)"
     heads = card["num_heads"]
@@ -22,7 +24,7 @@ def main() -> None:
     if not cards:
         sys.exit(f"{out}: no finished run")
     size = cards[0]["input_size"]
-    print(f"| head (VOC val at {size} px) | val mAP | CF1 | OF1 | epochs' time |")
+    print(f"| run (VOC val at {size} px) | val mAP | CF1 | OF1 | epochs' time |")
     print("|---|---|---|---|---|")
     for c in cards:
         m, h = c["metrics"], c["training"]["history"]
