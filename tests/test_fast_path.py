@@ -224,7 +224,11 @@ def test_a_matching_int8_beside_the_weights_is_used_and_the_users_own_calibratio
     for k, v in {"csra_precision": "int8", "csra_export_key": export_key(weights, card, "int8")}.items():
         proto.metadata_props.add(key=k, value=v)
     onnx.save(proto, str(shipped_int8(weights)))
-    runner = make_runner(str(weights), "auto", "cpu", "int8")
+    from csra_cli.errors import CSRAError
+
+    with pytest.raises(CSRAError, match="--calibrate-on"):  # another lambda: another graph, refused ...
+        make_runner(str(weights), "auto", "cpu", "int8", lam=card.lam + 0.37)
+    runner = make_runner(str(weights), "auto", "cpu", "int8")  # ... which does not refuse it for the card's
     assert runner.path == str(shipped_int8(weights))
     from csra_cli.engine.tagging import record_stamp
 
@@ -277,8 +281,8 @@ def test_cpu_lanes_score_every_image_as_one_thread_does(tiny_model_path, monkeyp
 
 
 def test_pools_are_sized_from_the_cores_this_process_may_use(monkeypatch):
-    """taskset or a container's CPU set: the decode workers and lanes follow the affinity, not the
-    machine's core count (os.cpu_count), which would oversubscribe the allowed cores."""
+    """taskset or a container's CPU set: the decode workers follow the affinity (as the lanes do),
+    not the machine's core count (os.cpu_count), which would oversubscribe the allowed cores."""
     import os
 
     from csra_cli.cli.app import default_workers

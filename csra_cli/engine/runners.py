@@ -278,26 +278,33 @@ def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunn
     if cached.is_file():
         return cpu_runner(cached, card)
     shipped = shipped_int8(weights)
-    if precision != "int8" or not shipped.is_file() or str(shipped) in _refused:
+    if precision != "int8" or not shipped.is_file():
+        return None
+    key = export_key(weights, card, precision)
+    stat = shipped.stat()
+    seen = (str(shipped), key, stat.st_size, stat.st_mtime_ns)  # this file, checked for this model
+    if seen in _refused:
         return None
     try:
         runner = cpu_runner(shipped, card)
-        if runner.meta.get("csra_export_key") == export_key(weights, card, precision):
+        if runner.meta.get("csra_export_key") == key:
             return runner
         problem = (f"does not match {Path(weights).name} as run here (other weights, graph settings "
                    "or int8 recipe)")
     except Exception as exc:  # a damaged file only costs the shipped int8
         problem = f"cannot be loaded ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
-    _refused.add(str(shipped))
-    from ..console import warn
+    if not any(r[0] == seen[0] for r in _refused):
+        from ..console import warn
 
-    warn(f"{shipped.name} {problem}; not used")
+        warn(f"{shipped.name} {problem}; not used")
+    _refused.add(seen)
     return None
 
 
-# Shipped int8 files found not to fit in this process: warned about once and not opened again
-# (a run that falls back from the fast path would otherwise load the same file twice).
-_refused: set[str] = set()
+# Shipped int8 files found not to fit a model as run in this process (the file as it was, the
+# model's export key): not opened again for it (a run that falls back from the fast path would
+# load it twice) and warned about once per file.
+_refused: set[tuple] = set()
 
 
 def fast_runner(model: str | None, precision: str = "auto", lam: float | None = None) -> OnnxRunner | None:
