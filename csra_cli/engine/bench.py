@@ -278,7 +278,8 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
               "runner_precision": precision_of(runner), "cpu_lanes": getattr(runner, "lanes", None), **cpu_info(),
               "device": str(getattr(runner, "device", "cpu")), "precision": precision, "batch_size": batch_size,
               "workers": workers, "images": len(images), "torch_threads": torch.get_num_threads(),
-              "cpu_count": os.cpu_count(), "cpu_cores": cpu_cores(), "python": sys.version.split()[0], "torch": torch.__version__}
+              "cpu_count": os.cpu_count(), "cpu_cores": cpu_cores(), "python": sys.version.split()[0],
+              "torch": torch.__version__}
     say("model only …")
     result["model_only"] = bench_model_only(runner, batch_size)
     say("end to end (ours) …")
