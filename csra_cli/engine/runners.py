@@ -173,11 +173,12 @@ def _graph_fields(card: ModelCard) -> str:
     return repr((card.arch, card.num_heads, card.lam, card.input_size, sorted(card.arch_kwargs.items()), ONNX_OPSET))
 
 
-def cache_path(weights: Path, card: ModelCard, precision: str = "fp32") -> Path:
+def cache_path(weights: Path, card: ModelCard, precision: str = "fp32", key: str | None = None) -> Path:
+    """Where the export of these weights in ``precision`` is cached (``key``: their export_key, if known)."""
     from ..models.registry import cache_dir
 
     suffix = "" if precision == "fp32" else f"-{precision}"
-    return cache_dir() / "onnx" / f"{card.name}-{export_key(weights, card, precision)}{suffix}.onnx"
+    return cache_dir() / "onnx" / f"{card.name}-{key or export_key(weights, card, precision)}{suffix}.onnx"
 
 
 def _graph_digest(model) -> str:
@@ -274,13 +275,13 @@ def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunn
     (an int8 one is the user's own calibration), else for int8 the one shipped beside the weights
     if it was made from these weights, with these graph settings, by the current recipe; None
     where there is none."""
-    cached = cache_path(weights, card, precision)
+    key = export_key(weights, card, precision)  # once: it reads the weights' sha256 memo
+    cached = cache_path(weights, card, precision, key)
     if cached.is_file():
         return cpu_runner(cached, card)
     shipped = shipped_int8(weights)
     if precision != "int8" or not shipped.is_file():
         return None
-    key = export_key(weights, card, precision)
     stat = shipped.stat()
     seen = (str(shipped), key, stat.st_size, stat.st_mtime_ns)  # this file, checked for this model
     if seen in _refused:
