@@ -320,6 +320,31 @@ def test_broken_model_cards_and_weights_are_one_line(tmp_path, tiny_model_path, 
     assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""
 
 
+def test_a_card_may_name_the_weights_of_another_model_in_its_folder(tmp_path, tiny_model_path, image_folder):
+    """A run-size variant (as `fast` is the default at 320 px): small.json names base.safetensors and
+    runs at its own size; a weights_file that leaves the folder, is missing or is no .safetensors is
+    one line."""
+    from csra_cli.models.loading import load_model
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(tiny_model_path, folder / "base.safetensors")
+    card = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    (folder / "base.json").write_text(json.dumps(card))
+    variant = folder / "small.json"
+    variant.write_text(json.dumps({**card, "name": "small", "input_size": 48, "weights_file": "base.safetensors"}))
+    model = load_model(str(variant))
+    assert (model.card.name, model.card.input_size) == ("small", 48)
+    res = tag(image_folder / "a.jpg", "-m", variant, "-q")
+    assert res.exit_code == 0 and json.loads(res.stdout)["error"] is None, res.output
+    assert sorted(p.name for p in folder.iterdir()) == ["base.json", "base.safetensors", "small.json"]
+    for bad, needle in (("../base.safetensors", "plain name"), ("gone.safetensors", "gone.safetensors: no such file"),
+                        ("base.json", "expected a .safetensors file")):
+        variant.write_text(json.dumps({**card, "name": "small", "weights_file": bad}))
+        res = tag(image_folder / "a.jpg", "-m", variant, "-q")
+        assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, (bad, res.output)
+
+
 def test_downloads_must_be_weights_and_keep_their_first_digest(tmp_path, monkeypatch, isolated_home):
     from .test_models_cli import _official_like_checkpoint, _registry
 

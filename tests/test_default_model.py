@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from csra_cli import load_model
 from csra_cli.models import registry
+from csra_cli.models.card import model_files
 from csra_cli.fileio import sha256_file
 from csra_cli.data.classes import VOC_CLASSES
 from csra_cli.cli import app
@@ -18,8 +19,8 @@ runner = CliRunner()
 
 def shipped():
     entry = registry.entry(registry.default_name())
-    path = registry.weights_dir() / entry["file"]
-    return entry, path, json.loads(path.with_suffix(".json").read_text())
+    path, card = model_files(registry.weights_dir() / entry["file"])
+    return entry, path, json.loads(card.read_text())
 
 
 def test_shipped_default_is_self_describing_and_intact():
@@ -38,18 +39,20 @@ def shipped_models() -> list[tuple[dict, Path, dict]]:
     out = []
     for e in registry.entries():
         if e["kind"] == "shipped":
-            path = registry.weights_dir() / e["file"]
-            out.append((e, path, json.loads(path.with_suffix(".json").read_text())))
+            path, card = model_files(registry.weights_dir() / e["file"])
+            out.append((e, path, json.loads(card.read_text())))
     return out
 
 
 def test_the_shipped_models_fit_in_the_wheel_with_complete_cards():
     models = shipped_models()
     assert {e["name"] for e, _, _ in models} >= {registry.default_name(), registry.canonical("fast")}
-    from csra_cli.engine.runners import shipped_int8
-
-    ships = [f for _, p, _ in models for f in (p, p.with_suffix(".json"), shipped_int8(p))]
+    ships = {registry.registry_file()}
+    for e, _, _ in models:
+        files = model_files(registry.weights_dir() / e["file"])
+        ships |= {files.weights, files.card, files.int8}
     assert sum(f.stat().st_size for f in ships) <= 40e6  # weights, cards and int8 exports
+    assert set(registry.weights_dir().iterdir()) == ships  # nothing else ships
     for e, path, card in models:
         assert card["sha256"] == sha256_file(path) == e["sha256"] and e["size"] == path.stat().st_size
         assert card["input_size"] == e["input_size"] and card["metrics"]["mAP"] == e["metrics"]["mAP"]

@@ -144,16 +144,16 @@ def test_shipped_int8_exports_belong_to_the_shipped_weights():
     import onnx
 
     from csra_cli.engine.quantize import RECIPE
-    from csra_cli.engine.runners import export_key, shipped_int8
+    from csra_cli.engine.runners import export_key
     from csra_cli.models import registry
-    from csra_cli.models.card import ModelCard
+    from csra_cli.models.card import ModelCard, model_files
 
     shipped = [e for e in registry.entries() if e["kind"] == "shipped"]
     assert shipped
     for e in shipped:
-        weights = registry.weights_dir() / e["file"]
-        card = ModelCard.load(weights.with_suffix(".json"))
-        path = shipped_int8(weights)
+        weights, card_file = files = model_files(registry.weights_dir() / e["file"])
+        card = ModelCard.load(card_file)
+        path = files.int8
         assert path.is_file(), f"{path.name} missing"
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         assert meta["csra_export_key"] == export_key(weights, card, "int8")
@@ -188,14 +188,15 @@ def test_an_int8_export_beside_other_weights_is_not_used(tmp_path, tiny_model_pa
     """NAME.int8.onnx that was not made from NAME.safetensors (here: no export key at all) is
     passed over with a warning; without a cached one, int8 asks for calibration."""
     from csra_cli.engine import runners
-    from csra_cli.engine.runners import cached_onnx, make_runner, shipped_int8
+    from csra_cli.engine.runners import cached_onnx, make_runner
+    from csra_cli.models.card import model_files
     from csra_cli.errors import CSRAError
     from csra_cli.models.loading import load_model
 
     weights = tmp_path / "tiny.safetensors"
     shutil.copy(tiny_model_path, weights)
     shutil.copy(tiny_model_path.with_suffix(".json"), weights.with_suffix(".json"))
-    shutil.copy(cached_onnx(load_model(str(weights)), weights), shipped_int8(weights))
+    shutil.copy(cached_onnx(load_model(str(weights)), weights), model_files(weights).int8)
     monkeypatch.delenv("CSRA_BACKEND")
     opened = []
     real_cpu_runner = runners.cpu_runner
@@ -204,15 +205,15 @@ def test_an_int8_export_beside_other_weights_is_not_used(tmp_path, tiny_model_pa
         with pytest.raises(CSRAError, match="--calibrate-on"):
             make_runner(str(weights), "auto", "cpu", "int8")
     assert capfd.readouterr().err.count("tiny.int8.onnx does not match tiny.safetensors") == 1  # said once
-    assert opened == [shipped_int8(weights)]  # and opened once, not again by the fallback or the next run
+    assert opened == [model_files(weights).int8]  # and opened once, not again by the fallback or the next run
 
 
 def test_a_matching_int8_beside_the_weights_is_used_and_the_users_own_calibration_wins(tmp_path, tiny_model_path,
                                                                                         monkeypatch):
     import onnx
 
-    from csra_cli.engine.runners import cache_path, cached_onnx, export_key, make_runner, shipped_int8
-    from csra_cli.models.card import ModelCard
+    from csra_cli.engine.runners import cache_path, cached_onnx, export_key, make_runner
+    from csra_cli.models.card import ModelCard, model_files
     from csra_cli.models.loading import load_model
 
     monkeypatch.delenv("CSRA_BACKEND")
@@ -223,30 +224,31 @@ def test_a_matching_int8_beside_the_weights_is_used_and_the_users_own_calibratio
     proto = onnx.load(cached_onnx(load_model(str(weights)), weights))  # stands in for an int8 graph
     for k, v in {"csra_precision": "int8", "csra_export_key": export_key(weights, card, "int8")}.items():
         proto.metadata_props.add(key=k, value=v)
-    onnx.save(proto, str(shipped_int8(weights)))
+    onnx.save(proto, str(model_files(weights).int8))
     from csra_cli.errors import CSRAError
 
     with pytest.raises(CSRAError, match="--calibrate-on"):  # another lambda: another graph, refused ...
         make_runner(str(weights), "auto", "cpu", "int8", lam=card.lam + 0.37)
     runner = make_runner(str(weights), "auto", "cpu", "int8")  # ... which does not refuse it for the card's
-    assert runner.path == str(shipped_int8(weights))
+    assert runner.path == str(model_files(weights).int8)
     from csra_cli.engine.tagging import record_stamp
 
     assert record_stamp(runner)["model"] == "tiny+int8"  # records say which precision tagged them
     cached = cache_path(weights, card, "int8")  # what 'csra export --onnx --int8 --calibrate-on' leaves
-    shutil.copy(shipped_int8(weights), cached)
+    shutil.copy(model_files(weights).int8, cached)
     assert make_runner(str(weights), "auto", "cpu", "int8").path == str(cached)
 
 
 def test_a_damaged_int8_beside_the_weights_is_one_warning_not_a_crash(tmp_path, tiny_model_path, monkeypatch, capfd):
-    from csra_cli.engine.runners import make_runner, shipped_int8
+    from csra_cli.engine.runners import make_runner
+    from csra_cli.models.card import model_files
     from csra_cli.errors import CSRAError
 
     monkeypatch.delenv("CSRA_BACKEND")
     weights = tmp_path / "broken.safetensors"
     shutil.copy(tiny_model_path, weights)
     shutil.copy(tiny_model_path.with_suffix(".json"), weights.with_suffix(".json"))
-    shipped_int8(weights).write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    model_files(weights).int8.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
     with pytest.raises(CSRAError, match="--calibrate-on"):
         make_runner(str(weights), "auto", "cpu", "int8")
     assert "broken.int8.onnx cannot be loaded" in capfd.readouterr().err

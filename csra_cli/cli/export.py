@@ -120,12 +120,12 @@ def export_int8(model, arch, heads, lam, class_names, out: Path | None, calibrat
     from ..fileio import atomic_temp
     from ..engine.quantize import quantize_int8
     from ..engine.runners import cache_path, cached_onnx, export_key
+    from ..models.card import model_files
     from ..models.loading import resolve
 
     images = calibration_paths(calibrate_on, limit)
     m = load_model_for(model, arch, heads, lam, class_names)
-    weights = resolve(model)[0]
-    weights = weights.with_suffix(".safetensors") if weights.suffix == ".json" else weights
+    weights = model_files(resolve(model)[0]).weights
     fp32 = cached_onnx(m, weights)
     cached = cache_path(weights, m.card, "int8")
     info(f"int8: calibrating on {len(images)} images …")

@@ -102,7 +102,7 @@ def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
 @handle_errors
 def models_info(name: str = typer.Argument(..., help="A model name (see 'csra models').")):
     """Everything known about a model: registry entry, and its card when installed."""
-    from ..models.checkpoint import card_path
+    from ..models.card import model_files
 
     local = registry.imported(name)
     out: dict = {}
@@ -111,8 +111,8 @@ def models_info(name: str = typer.Argument(..., help="A model name (see 'csra mo
         out["registry"] = entry
         path = registry.installed_path(entry)
         out["installed"] = str(path) if path else None
-        if path is not None and path.suffix == ".safetensors":
-            out["card"] = json.loads(card_path(path).read_text())
+        if path is not None and path.suffix in (".safetensors", ".json"):
+            out["card"] = json.loads(model_files(path).card.read_text())
     else:
         out = {"installed": str(local), "card": json.loads(local.with_suffix(".json").read_text())}
     typer.echo(json.dumps(out, indent=2))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cpu import cpu_cores
-from ..models.card import ModelCard
+from ..models.card import ModelCard, ModelFiles, model_files
 from ..data.preprocess import Preprocess
 from .device import autocast_dtype, pick_device, runs_on_cpu
 
@@ -264,22 +264,17 @@ def cpu_runner(path, card: ModelCard | None) -> OnnxRunner:
     return OnnxRunner(str(path), "cpu", threads=cores // lanes, card=card, lanes=lanes)
 
 
-def shipped_int8(weights: Path) -> Path:
-    """Where a model's int8 export ships: beside its weights (``NAME.int8.onnx``), so that the
-    shipped models run in int8 without calibration images on the user's machine."""
-    return Path(weights).with_name(Path(weights).stem + ".int8.onnx")
-
-
-def precision_runner(weights: Path, card: ModelCard, precision: str) -> OnnxRunner | None:
-    """The export of ``weights`` in ``precision`` (fp32 or int8) as a CPU runner: the cached one
-    (an int8 one is the user's own calibration), else for int8 the one shipped beside the weights
+def precision_runner(files: ModelFiles, card: ModelCard, precision: str) -> OnnxRunner | None:
+    """The export of a model in ``precision`` (fp32 or int8) as a CPU runner: the cached one
+    (an int8 one is the user's own calibration), else for int8 the one shipped beside its card
     if it was made from these weights, with these graph settings, by the current recipe; None
     where there is none."""
+    weights = files.weights
     key = export_key(weights, card, precision)  # once: it reads the weights' sha256 memo
     cached = cache_path(weights, card, precision, key)
     if cached.is_file():
         return cpu_runner(cached, card)
-    shipped = shipped_int8(weights)
+    shipped = files.int8
     if precision != "int8" or not shipped.is_file():
         return None
     stat = shipped.stat()
@@ -320,10 +315,10 @@ def fast_runner(model: str | None, precision: str = "auto", lam: float | None = 
     found = find_card(model, lam)
     if found is None:
         return None
-    weights, card = found
+    files, card = found
     wanted = CPU_AUTO_PRECISION if precision == "auto" else precision
     for p in dict.fromkeys([wanted] + (["fp32"] if precision == "auto" else [])):
-        runner = precision_runner(weights, card, p)
+        runner = precision_runner(files, card, p)
         if runner is not None:
             return runner
     return None
@@ -374,10 +369,10 @@ def _make_runner(model, backend, device, precision, arch, heads, lam, class_name
         if runner is not None:
             return runner
     m = load_model(model, arch=arch, num_heads=heads, lam=lam, classes=class_names)
-    weights = resolve(model)[0]
-    weights = weights.with_suffix(".safetensors") if weights.suffix == ".json" else weights
+    files = model_files(resolve(model)[0])
+    weights = files.weights
     if precision == "int8":
-        runner = precision_runner(weights, m.card, "int8")
+        runner = precision_runner(files, m.card, "int8")
         if runner is None:
             raise CSRAError(int8_missing(model or m.card.name))
         return runner

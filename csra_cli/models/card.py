@@ -6,6 +6,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 CARD_VERSION = 1
 MAX_INPUT_SIZE = 2048  # 448 is the official size; far beyond this one image no longer fits in memory
@@ -46,6 +47,9 @@ class ModelCard:
     license: str = ""
     attribution: str = ""
     sha256: str = ""  # of the weights file
+    # Another weights file in the card's folder: run-size variants of one network (the shipped
+    # default and "fast") share one file. "" means NAME.safetensors beside NAME.json.
+    weights_file: str = ""
     card_version: int = CARD_VERSION
 
     def __post_init__(self):
@@ -83,6 +87,9 @@ class ModelCard:
                 raise ValueError("thresholds must map class names to numbers")
             for c, t in self.thresholds.items():
                 _number(t, f"thresholds[{c!r}]", 0, 1)
+        if not isinstance(self.weights_file, str) or (self.weights_file and not (
+                check_name(self.weights_file, "weights_file") and self.weights_file.endswith(".safetensors"))):
+            raise ValueError(f"weights_file is {self.weights_file!r}; expected a .safetensors file name in the card's folder")
         for key in ("arch_kwargs", "training", "metrics"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be an object")
@@ -123,3 +130,32 @@ class ModelCard:
         base = self.threshold if default is None else default
         per = self.thresholds or {}
         return [float(per.get(c, base)) for c in self.classes]
+
+
+class ModelFiles(NamedTuple):
+    """The files of a model in our format."""
+    weights: Path
+    card: Path
+
+    @property
+    def int8(self) -> Path:
+        """Where its int8 export may ship, NAME.int8.onnx beside the card, so that a shipped model
+        runs in int8 without calibration images on the user's machine."""
+        return self.card.with_name(self.card.stem + ".int8.onnx")
+
+
+def model_files(path: str | Path) -> ModelFiles:
+    """The weights and card of a model in our format, given either file; any other file (an
+    official checkpoint) is its own weights. Without torch and without validating: the card is
+    read for its ``weights_file`` only (a bad card is reported where it is loaded)."""
+    path = Path(path)
+    card = path.with_suffix(".json")
+    if path.suffix != ".json":
+        return ModelFiles(path, card)
+    try:
+        shared = json.loads(card.read_text()).get("weights_file")
+        if shared:
+            return ModelFiles(card.with_name(check_name(shared)), card)
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return ModelFiles(path.with_suffix(".safetensors"), card)

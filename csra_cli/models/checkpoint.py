@@ -2,7 +2,8 @@
 
 * Official CSRA ``.pth`` checkpoints: plain state dicts (maybe wrapped, maybe with the
   DataParallel ``module.`` prefix, maybe fp16), loaded with ``weights_only=True`` only.
-* Our own format: ``NAME.safetensors`` with the card ``NAME.json`` beside it.
+* Our own format: ``NAME.safetensors`` with the card ``NAME.json`` beside it (or a card naming
+  another weights file in its folder: a run-size variant of that model).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .card import ModelCard
+from .card import ModelCard, model_files
 from ..errors import CheckpointError
 from ..fileio import atomic_write_bytes
 
@@ -140,15 +141,15 @@ def read_csra(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    weights = path.with_suffix(".safetensors")
-    _check_file(weights)
-    cpath = card_path(weights)
+    weights, cpath = model_files(path)
+    _check_file(path)
     if not cpath.exists():
         raise CheckpointError(f"{weights}: its model card {cpath.name} is missing beside it")
     try:
         card = ModelCard.load(cpath)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc
+    _check_file(weights)  # a card's weights_file may name a file that is not there
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import registry
-from .card import ModelCard
+from .card import ModelCard, ModelFiles, model_files
 from ..data.classes import resolve_classes
 from ..errors import CheckpointError, ModelNotFound
 
@@ -93,20 +93,20 @@ def load_csra(path: str | Path, **overrides) -> "CSRAModel":
     return model_from_card(_apply_overrides(card, overrides), state, str(path))
 
 
-def find_card(name_or_path: str | None = None, lam: float | None = None) -> tuple[Path, ModelCard] | None:
-    """The weights file and card of a model in our format (.safetensors + card), without torch;
+def find_card(name_or_path: str | None = None, lam: float | None = None) -> tuple[ModelFiles, ModelCard] | None:
+    """The files and card of a model in our format (.safetensors + card), without torch;
     None for an official checkpoint (its card comes from its keys) or an unreadable card."""
     path, _ = resolve(name_or_path)
     if path.suffix not in (".safetensors", ".json"):
         return None
-    weights, card_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    if not weights.is_file() or not card_file.is_file():
+    files = model_files(path)
+    if not files.weights.is_file() or not files.card.is_file():
         return None
     try:
-        card = ModelCard.load(card_file)
+        card = ModelCard.load(files.card)
     except (ValueError, OSError):
         return None
-    return weights, _apply_overrides(card, {"lam": lam})
+    return files, _apply_overrides(card, {"lam": lam})
 
 
 def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
