@@ -338,7 +338,17 @@ def test_a_card_may_name_the_weights_of_another_model_in_its_folder(tmp_path, ti
     res = tag(image_folder / "a.jpg", "-m", variant, "-q")
     assert res.exit_code == 0 and json.loads(res.stdout)["error"] is None, res.output
     assert sorted(p.name for p in folder.iterdir()) == ["base.json", "base.safetensors", "small.json"]
-    for bad, needle in (("../base.safetensors", "plain name"), ("gone.safetensors", "gone.safetensors: no such file"),
+    shutil.copy(folder / "base.safetensors", folder / "small.safetensors")  # weights beside a card that runs others
+    res = tag(image_folder / "a.jpg", "-m", folder / "small.safetensors", "-q")
+    assert res.exit_code == 2 and "runs base.safetensors (weights_file), not this file; use --model" in res.stderr
+    (folder / "small.safetensors").unlink()
+    res = tag(image_folder / "a.jpg", "-m", folder / "small.safetensors", "-q")
+    assert res.exit_code == 2 and f"(its card is there: --model {variant})" in res.stderr, res.output
+    from csra_cli.models.checkpoint import save_csra
+
+    saved = save_csra(model, model.card, tmp_path / "mine.safetensors")  # weights written beside: no weights_file
+    assert json.loads(saved.with_suffix(".json").read_text())["weights_file"] == ""
+    for bad, needle in (("../base.safetensors", "plain name"), ("gone.safetensors", "its weights gone.safetensors (named by its weights_file) are missing"),
                         ("base.json", "expected a .safetensors file")):
         variant.write_text(json.dumps({**card, "name": "small", "weights_file": bad}))
         res = tag(image_folder / "a.jpg", "-m", variant, "-q")

@@ -204,7 +204,7 @@ def test_an_int8_export_beside_other_weights_is_not_used(tmp_path, tiny_model_pa
     for _ in range(2):
         with pytest.raises(CSRAError, match="--calibrate-on"):
             make_runner(str(weights), "auto", "cpu", "int8")
-    assert capfd.readouterr().err.count("tiny.int8.onnx does not match tiny.safetensors") == 1  # said once
+    assert capfd.readouterr().err.count("tiny.int8.onnx does not match tiny (tiny.safetensors)") == 1  # said once
     assert opened == [model_files(weights).int8]  # and opened once, not again by the fallback or the next run
 
 

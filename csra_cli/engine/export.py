@@ -75,7 +75,7 @@ def onnx_metadata(card, fp16: bool = False) -> dict[str, str]:
              f"(Image.resize(..., Image.BILINEAR)); uint8 HWC -> float32 CHW; x = pixel / 255; "
              f"normalisation {norm}; batch as NCHW")
     return {
-        "csra_card": card.to_json(), "classes": json.dumps(card.classes), "input_size": str(size),
+        "csra_card": card.embedded_json(), "classes": json.dumps(card.classes), "input_size": str(size),
         "color_order": "RGB", "layout": "NCHW", "scale": "1/255 (uint8 pixel values to [0, 1])",
         "resize": card.resize, "interpolation": "bilinear (Pillow Image.BILINEAR, antialiased when shrinking)",
         "jpeg_draft": (f"csra decodes JPEGs with Pillow's draft mode (Image.draft('RGB', ({size}, {size}))): "
@@ -156,7 +156,7 @@ def export_torchscript(model: CSRAModel, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(traced, str(out), _extra_files={"csra_card.json": model.card.to_json()})
+        torch.jit.save(traced, str(out), _extra_files={"csra_card.json": model.card.embedded_json()})
     return out
 
 

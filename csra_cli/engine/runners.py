@@ -285,8 +285,8 @@ def precision_runner(files: ModelFiles, card: ModelCard, precision: str) -> Onnx
         runner = cpu_runner(shipped, card)
         if runner.meta.get("csra_export_key") == key:
             return runner
-        problem = (f"does not match {Path(weights).name} as run here (other weights, graph settings "
-                   "or int8 recipe)")
+        problem = (f"does not match {card.name} ({Path(weights).name}) as run here (other weights, graph "
+                   "settings or int8 recipe)")
     except Exception as exc:  # a damaged file only costs the shipped int8
         problem = f"cannot be loaded ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
     if not any(r[0] == seen[0] for r in _refused):

@@ -101,6 +101,10 @@ class ModelCard:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
+    def embedded_json(self) -> str:
+        """The card as an export carries it: weights_file names a file beside a card, not in an export."""
+        return json.dumps({**asdict(self), "weights_file": ""}, indent=2) + "\n"
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelCard":
         known = {f.name for f in fields(cls)}
@@ -146,16 +150,24 @@ class ModelFiles(NamedTuple):
 
 def model_files(path: str | Path) -> ModelFiles:
     """The weights and card of a model in our format, given either file; any other file (an
-    official checkpoint) is its own weights. Without torch and without validating: the card is
-    read for its ``weights_file`` only (a bad card is reported where it is loaded)."""
+    official checkpoint) is its own weights. Without torch and without validating the card: it is
+    read for its ``weights_file`` only, and a bad one is reported where the card is loaded."""
     path = Path(path)
     card = path.with_suffix(".json")
     if path.suffix != ".json":
         return ModelFiles(path, card)
     try:
         shared = json.loads(card.read_text()).get("weights_file")
-        if shared:
-            return ModelFiles(card.with_name(check_name(shared)), card)
+        if shared and check_name(shared).endswith(".safetensors"):
+            return ModelFiles(card.with_name(shared), card)
     except (OSError, ValueError, AttributeError, TypeError):
         pass
     return ModelFiles(path.with_suffix(".safetensors"), card)
+
+
+def weights_mismatch(weights: Path, card_file: Path, card: ModelCard) -> str | None:
+    """The problem, if a .safetensors path was given whose card beside it runs another file."""
+    if weights.suffix == ".safetensors" and card.weights_file and card.weights_file != weights.name:
+        return (f"{weights}: its card {card_file.name} runs {card.weights_file} (weights_file), "
+                f"not this file; use --model {card_file}")
+    return None

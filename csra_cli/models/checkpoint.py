@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .card import ModelCard, model_files
+from .card import ModelCard, model_files, weights_mismatch
 from ..errors import CheckpointError
 from ..fileio import atomic_write_bytes
 
@@ -131,6 +131,7 @@ def save_csra(model: torch.nn.Module, card: ModelCard, path: str | Path, half: b
     data = save(tensors, metadata={"format": "pt", "csra_card": "json-beside"})
     atomic_write_bytes(path, data)
     card.sha256 = hashlib.sha256(data).hexdigest()
+    card.weights_file = ""  # the weights are written beside the card, whatever the card ran before
     atomic_write_bytes(card_path(path), card.to_json().encode())
     return path
 
@@ -149,7 +150,12 @@ def read_csra(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
         card = ModelCard.load(cpath)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc
-    _check_file(weights)  # a card's weights_file may name a file that is not there
+    problem = weights_mismatch(path, cpath, card)
+    if problem:
+        raise CheckpointError(problem)
+    if not weights.is_file():
+        where = "named by its weights_file" if card.weights_file else "expected beside it"
+        raise CheckpointError(f"{cpath}: its weights {weights.name} ({where}) are missing")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:

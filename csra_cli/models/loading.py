@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import registry
-from .card import ModelCard, ModelFiles, model_files
+from .card import ModelCard, ModelFiles, model_files, weights_mismatch
 from ..data.classes import resolve_classes
 from ..errors import CheckpointError, ModelNotFound
 
@@ -106,6 +106,8 @@ def find_card(name_or_path: str | None = None, lam: float | None = None) -> tupl
         card = ModelCard.load(files.card)
     except (ValueError, OSError):
         return None
+    if weights_mismatch(path, files.card, card):
+        return None  # loading says why
     return files, _apply_overrides(card, {"lam": lam})
 
 
@@ -121,7 +123,9 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     named = own is not None or registry.is_name(name_or_path)
     if path.suffix in MODEL_FILE_SUFFIXES or (path.exists() and not named):
         if not path.exists():
-            raise ModelNotFound(f"{path}: no such model file")
+            card = path.with_suffix(".json")
+            hint = f" (its card is there: --model {card})" if path.suffix == ".safetensors" and card.is_file() else ""
+            raise ModelNotFound(f"{path}: no such model file{hint}")
         if path.is_dir():
             raise ModelNotFound(f"{path}: is a directory, expected a model file")
         return path, None

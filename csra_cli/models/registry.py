@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import ModelNotFound
-from .card import check_name
+from .card import check_name, model_files
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = _PACKAGE / "weights"  # where the wheel puts weights/
@@ -84,6 +84,6 @@ def installed_path(e: dict) -> Path | None:
     """Where a registry entry's file is, if it is here: shipped in weights/ or downloaded."""
     for folder in (weights_dir(), cache_dir()):
         p = folder / e["file"]
-        if p.is_file():
+        if p.is_file() and model_files(p).weights.is_file():  # a card: with the weights it names
             return p
     return None
