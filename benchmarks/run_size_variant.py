@@ -36,8 +36,9 @@ def main() -> None:
     trained = card.training["config"]["input_size"]
     card.training = {**card.training, "command": command.replace(" --heads", f" --test-size {size} --heads", 1),
                      "config": {**card.training["config"], "test_size": size},
+                     # runs before --test-size validated at the trained size and did not record it
                      "history": [{"val_size": trained, **h} for h in card.training["history"]],
-                     "run_size_note": f"trained at {trained} px (the history's val mAP is at that size), "
+                     "run_size_note": f"trained at {trained} px (the history's val mAP is at its val_size), "
                                       f"run at {size} px (--test-size): metrics and thresholds at {size} px"}
     card_file.write_text(card.to_json())  # sha256 unchanged: the same weights
 

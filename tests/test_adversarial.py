@@ -348,7 +348,8 @@ def test_a_card_may_name_the_weights_of_another_model_in_its_folder(tmp_path, ti
 
     saved = save_csra(model, model.card, tmp_path / "mine.safetensors")  # weights written beside: no weights_file
     assert json.loads(saved.with_suffix(".json").read_text())["weights_file"] == ""
-    for bad, needle in (("../base.safetensors", "plain name"), ("gone.safetensors", "its weights gone.safetensors (named by its weights_file) are missing"),
+    missing = "its weights gone.safetensors (named by its weights_file) are missing"
+    for bad, needle in (("../base.safetensors", "plain name"), ("gone.safetensors", missing),
                         ("base.json", "expected a .safetensors file")):
         variant.write_text(json.dumps({**card, "name": "small", "weights_file": bad}))
         res = tag(image_folder / "a.jpg", "-m", variant, "-q")

@@ -199,7 +199,8 @@ def _check_device(value: str) -> str:
 # ----------------------------------------------------------------------------- shared options
 # The model to use: a registry name, our .safetensors or card .json, an official .pth or an exported .onnx.
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Model name, .safetensors or its card .json, official .pth or .onnx (default: the shipped model).")]
+    "--model", "-m",
+    help="Model name, .safetensors or its card .json, official .pth or .onnx (default: the shipped model).")]
 # What an official .pth cannot tell by its keys.
 ArchOpt = Annotated[Optional[str], typer.Option(help="Architecture of an official .pth (else inferred from its keys).")]
 HeadsOpt = Annotated[Optional[int], typer.Option(help="CSRA heads of an official .pth (checked against its keys).")]

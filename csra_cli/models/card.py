@@ -89,7 +89,8 @@ class ModelCard:
                 _number(t, f"thresholds[{c!r}]", 0, 1)
         if not isinstance(self.weights_file, str) or (self.weights_file and not (
                 check_name(self.weights_file, "weights_file") and self.weights_file.endswith(".safetensors"))):
-            raise ValueError(f"weights_file is {self.weights_file!r}; expected a .safetensors file name in the card's folder")
+            raise ValueError(f"weights_file is {self.weights_file!r}; expected a .safetensors file name "
+                             "in the card's folder")
         for key in ("arch_kwargs", "training", "metrics"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be an object")
