@@ -353,7 +353,8 @@ def test_a_card_may_name_the_weights_of_another_model_in_its_folder(tmp_path, ti
                         ("base.json", "expected a .safetensors file")):
         variant.write_text(json.dumps({**card, "name": "small", "weights_file": bad}))
         res = tag(image_folder / "a.jpg", "-m", variant, "-q")
-        assert res.exit_code == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, (bad, res.output)
+        one_line = len(res.stderr.strip().splitlines()) == 1
+        assert res.exit_code == 2 and needle in res.stderr and one_line, (bad, res.output)
 
 
 def test_downloads_must_be_weights_and_keep_their_first_digest(tmp_path, monkeypatch, isolated_home):
