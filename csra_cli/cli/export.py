@@ -127,12 +127,13 @@ def export_int8(model, arch, heads, lam, class_names, out: Path | None, calibrat
     m = load_model_for(model, arch, heads, lam, class_names)
     weights = model_files(resolve(model)[0]).weights
     fp32 = cached_onnx(m, weights)
-    cached = cache_path(weights, m.card, "int8")
+    key = export_key(weights, m.card, "int8")  # once: it reads the weights' sha256 memo
+    cached = cache_path(weights, m.card, "int8", key)
     info(f"int8: calibrating on {len(images)} images …")
     # a list file by its name: the machine's folders say nothing about the calibration set
     source = Path(calibrate_on).name if Path(calibrate_on).is_file() else str(calibrate_on)
     record = quantize_int8(Path(fp32), cached, m.card, images, source=source,
-                           key=export_key(weights, m.card, "int8"))
+                           key=key)
     dest = out or Path(f"{m.card.name}-int8.onnx")
     if dest.resolve() != cached.resolve():
         fd, tmp = atomic_temp(dest, dest.suffix)

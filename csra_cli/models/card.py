@@ -87,8 +87,7 @@ class ModelCard:
                 raise ValueError("thresholds must map class names to numbers")
             for c, t in self.thresholds.items():
                 _number(t, f"thresholds[{c!r}]", 0, 1)
-        if not isinstance(self.weights_file, str) or (self.weights_file and not (
-                check_name(self.weights_file, "weights_file") and self.weights_file.endswith(".safetensors"))):
+        if self.weights_file != "" and not _is_weights_name(self.weights_file, "weights_file"):
             raise ValueError(f"weights_file is {self.weights_file!r}; expected a .safetensors file name "
                              "in the card's folder")
         for key in ("arch_kwargs", "training", "metrics"):
@@ -149,21 +148,29 @@ class ModelFiles(NamedTuple):
         return self.card.with_name(self.card.stem + ".int8.onnx")
 
 
-def model_files(path: str | Path) -> ModelFiles:
+def _is_weights_name(name, what: str = "weights_file") -> bool:
+    """A .safetensors file in the card's folder (check_name raises for a way out of it)."""
+    return isinstance(name, str) and check_name(name, what).endswith(".safetensors")
+
+
+def model_files(path: str | Path, card: ModelCard | None = None) -> ModelFiles:
     """The weights and card of a model in our format, given either file; any other file (an
-    official checkpoint) is its own weights. Without torch and without validating the card: it is
-    read for its ``weights_file`` only, and a bad one is reported where the card is loaded."""
+    official checkpoint) is its own weights. ``card``: the card, where the caller has loaded it;
+    else the card file is read for its ``weights_file`` only, unvalidated (a bad card is reported
+    where it is loaded)."""
     path = Path(path)
-    card = path.with_suffix(".json")
+    card_file = path.with_suffix(".json")
     if path.suffix != ".json":
-        return ModelFiles(path, card)
-    try:
-        shared = json.loads(card.read_text()).get("weights_file")
-        if shared and check_name(shared).endswith(".safetensors"):
-            return ModelFiles(card.with_name(shared), card)
-    except (OSError, ValueError, AttributeError, TypeError):
-        pass
-    return ModelFiles(path.with_suffix(".safetensors"), card)
+        return ModelFiles(path, card_file)
+    if card is not None:
+        shared = card.weights_file
+    else:
+        try:
+            shared = json.loads(card_file.read_text()).get("weights_file")
+            shared = shared if shared and _is_weights_name(shared) else ""
+        except (OSError, ValueError, AttributeError):
+            shared = ""
+    return ModelFiles(card_file.with_name(shared or card_file.stem + ".safetensors"), card_file)
 
 
 def weights_mismatch(weights: Path, card_file: Path, card: ModelCard) -> str | None:

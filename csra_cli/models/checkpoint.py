@@ -142,14 +142,15 @@ def read_csra(path: str | Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    weights, cpath = model_files(path)
     _check_file(path)
+    cpath = card_path(path)
     if not cpath.exists():
-        raise CheckpointError(f"{weights}: its model card {cpath.name} is missing beside it")
+        raise CheckpointError(f"{path}: its model card {cpath.name} is missing beside it")
     try:
         card = ModelCard.load(cpath)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc
+    weights = model_files(path, card).weights
     problem = weights_mismatch(path, cpath, card)
     if problem:
         raise CheckpointError(problem)

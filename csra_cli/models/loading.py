@@ -99,14 +99,12 @@ def find_card(name_or_path: str | None = None, lam: float | None = None) -> tupl
     path, _ = resolve(name_or_path)
     if path.suffix not in (".safetensors", ".json"):
         return None
-    files = model_files(path)
-    if not files.weights.is_file() or not files.card.is_file():
-        return None
     try:
-        card = ModelCard.load(files.card)
+        card = ModelCard.load(path.with_suffix(".json"))
     except (ValueError, OSError):
         return None
-    if weights_mismatch(path, files.card, card):
+    files = model_files(path, card)
+    if not files.weights.is_file() or weights_mismatch(path, files.card, card):
         return None  # loading says why
     return files, _apply_overrides(card, {"lam": lam})
 
