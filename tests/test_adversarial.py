@@ -338,6 +338,14 @@ def test_a_card_may_name_the_weights_of_another_model_in_its_folder(tmp_path, ti
     res = tag(image_folder / "a.jpg", "-m", variant, "-q")
     assert res.exit_code == 0 and json.loads(res.stdout)["error"] is None, res.output
     assert sorted(p.name for p in folder.iterdir()) == ["base.json", "base.safetensors", "small.json"]
+    home = Path(os.environ["CSRA_HOME"])  # the folder copied into the cache: both by name, both listed
+    shutil.copytree(folder, home, dirs_exist_ok=True)
+    res = tag(image_folder / "a.jpg", "-m", "small", "-q")
+    assert res.exit_code == 0 and json.loads(res.stdout)["error"] is None, res.output
+    res = runner.invoke(app, ["models", "--json"])
+    listed = {r["name"]: r for r in json.loads(res.stdout) if r["kind"] == "imported"}
+    assert set(listed) == {"base", "small"} and listed["small"]["installed"] == str(home / "small.json"), res.output
+    assert listed["small"]["size"] == listed["base"]["size"] == (folder / "base.safetensors").stat().st_size
     shutil.copy(folder / "base.safetensors", folder / "small.safetensors")  # weights beside a card that runs others
     res = tag(image_folder / "a.jpg", "-m", folder / "small.safetensors", "-q")
     assert res.exit_code == 2 and "runs base.safetensors (weights_file), not this file; use --model" in res.stderr

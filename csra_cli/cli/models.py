@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..models import registry
+from ..models.card import model_files
 from .app import handle_errors, models_app
 from ..console import info, warn
 from ..errors import CSRAError
@@ -41,7 +42,8 @@ def _rows() -> list[dict]:
         card = json.loads(p.with_suffix(".json").read_text())
         rows.append({**card, "name": p.stem, "default": False, "aliases": [], "kind": "imported", "arch": card.get("arch"),
                      "heads": card.get("num_heads"), "dataset": None,
-                     "mAP": (card.get("metrics") or {}).get("mAP"), "size": p.stat().st_size, "installed": str(p)})
+                     "mAP": (card.get("metrics") or {}).get("mAP"), "size": model_files(p).weights.stat().st_size,
+                     "installed": str(p)})
     return rows
 
 
@@ -102,8 +104,6 @@ def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
 @handle_errors
 def models_info(name: str = typer.Argument(..., help="A model name (see 'csra models').")):
     """Everything known about a model: registry entry, and its card when installed."""
-    from ..models.card import model_files
-
     local = registry.imported(name)
     out: dict = {}
     if local is None:

@@ -55,19 +55,28 @@ def is_name(name: str) -> bool:
     return name in aliases() or any(e["name"] == name for e in entries())
 
 
+def _own_model(card: Path) -> Path | None:
+    """The file to load for a model of ours in the cache, given its card: the weights when they
+    are the card's own, else the card (it names weights shared with another model)."""
+    weights = model_files(card).weights
+    if not (card.is_file() and weights.is_file()):
+        return None
+    return weights if weights.stem == card.stem else card
+
+
 def imported(name: str) -> Path | None:
     """A model converted with ``csra models import`` (or copied) into the cache under this name."""
     try:
         check_name(name)
     except ValueError:
         return None
-    p = cache_dir() / f"{name}.safetensors"
-    return p if p.is_file() and p.with_suffix(".json").is_file() else None
+    return _own_model(cache_dir() / f"{name}.json")
 
 
 def imported_models() -> list[Path]:
     folder = cache_dir()
-    return sorted(p for p in folder.glob("*.safetensors") if p.with_suffix(".json").is_file()) if folder.is_dir() else []
+    found = (_own_model(card) for card in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
+    return [p for p in found if p is not None]
 
 
 def entry(name: str) -> dict:
