@@ -127,7 +127,7 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
         if path.is_dir():
             raise ModelNotFound(f"{path}: is a directory, expected a model file")
         return path, None
-    local = registry.imported(name_or_path)
+    local = own if own is not None else registry.imported(name_or_path)  # a short name's canonical one
     if local is not None:
         return local, None
     entry = registry.entry(name_or_path)

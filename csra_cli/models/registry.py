@@ -58,8 +58,10 @@ def is_name(name: str) -> bool:
 def _own_model(card: Path) -> Path | None:
     """The file to load for a model of ours in the cache, given its card: the weights when they
     are the card's own, else the card (it names weights shared with another model)."""
+    if not card.is_file():
+        return None
     weights = model_files(card).weights
-    if not (card.is_file() and weights.is_file()):
+    if not weights.is_file():
         return None
     return weights if weights.stem == card.stem else card
 
