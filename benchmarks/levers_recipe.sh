@@ -7,7 +7,7 @@
 #   asl      --loss asl: the asymmetric loss (Ridnik et al., ICCV 2021)        (~1 h)
 #   crops    --crop-scale-min 0.3: stronger random resized crops               (~1 h)
 #   train448 --input-size 448: train at 448 px (new feature cache, ~25 min)    (~2 h)
-#   deeper   --trainable-stages 4 --input-size 448: blocks 4-6 fine-tuned      (~4.5 h)
+#   deeper   --trainable-stages 4: block 4 fine-tuned too (block-3 maps cached) (~3 h)
 # Usage: benchmarks/levers_recipe.sh ../shared/data/voc2007/VOCdevkit [out_dir] [lever ...]
 set -euo pipefail
 here=$(dirname "$0")
@@ -25,7 +25,7 @@ for lever in "${levers[@]}"; do
     asl) specs+=("asl --loss asl") ;;
     crops) specs+=("crops --crop-scale-min 0.3") ;;
     train448) specs+=("train448 --input-size 448") ;;
-    deeper) specs+=("deeper --trainable-stages 4 --input-size 448") ;;
+    deeper) specs+=("deeper --trainable-stages 4") ;;
     *) echo "unknown lever $lever: use ema, emalong, emashort, asl, crops, train448 or deeper" >&2; exit 2 ;;
   esac
 done
