@@ -197,3 +197,30 @@ def test_tta_is_refused_with_a_scores_file_and_recorded_in_tag_records(tmp_path,
 
     models = {m for (m,) in sqlite3.connect(out).execute("select model from images")}
     assert models == {"tiny+tta"}
+
+
+@needs_voc
+def test_paired_bootstrap_compares_two_score_files(tmp_path):
+    """benchmarks/compare_scores.py: a clearly better model is ahead in every draw; a model against
+    itself differs by exactly zero in every draw (the same images are drawn for both)."""
+    import subprocess
+    import sys
+
+    val = read_voc(VOC, "val")
+    rng = np.random.default_rng(0)
+    labels = val.labels.astype(np.float32)
+    files = {}
+    for name, noise in (("weak", 0.8), ("strong", 0.1)):
+        scores = np.clip(0.5 * labels + 0.25 + noise * rng.standard_normal(labels.shape), 0, 1)
+        frame = pd.DataFrame(scores, columns=val.classes)
+        frame.insert(0, "path", [Path(p).name for p in val.paths])  # matched by file name
+        files[name] = tmp_path / f"{name}.csv"
+        frame.sample(frac=1, random_state=0).to_csv(files[name], index=False)  # any row order
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_scores.py"
+    out = subprocess.run([sys.executable, script, VOC, "val", files["weak"], files["weak"], files["strong"],
+                          "--draws", "40"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "990 images" in out[0] and "40 paired draws" in out[0]
+    assert "difference +0.00 (95% interval +0.00 to +0.00; ahead in 0.0% of draws)" in out[1]
+    assert "ahead in 100.0% of draws" in out[2]
+    gain = float(out[2].split("difference ")[1].split()[0])
+    assert gain > 10
