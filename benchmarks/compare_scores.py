@@ -20,13 +20,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from csra_cli.data.datasets import read_voc  # noqa: E402
-from csra_cli.evaluation.metrics import average_precision  # noqa: E402
+from csra_cli.evaluation.metrics import class_average_precisions  # noqa: E402
 from csra_cli.evaluation.scoring import align_scores, read_scores  # noqa: E402
 
 
 def mean_ap(scores: np.ndarray, labels: np.ndarray) -> float:
-    aps = [average_precision(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
-    return 100 * float(np.nanmean(aps))
+    return 100 * float(np.nanmean(class_average_precisions(scores, labels)))
 
 
 def load(path: str, data) -> np.ndarray:
@@ -49,15 +48,15 @@ def main() -> None:
     data = read_voc(args.root, args.split)
     base = load(args.baseline, data)
     draws = np.random.default_rng(args.seed).integers(0, len(data), size=(args.draws, len(data)))
+    base_map = mean_ap(base, data.labels)
     base_boot = np.array([mean_ap(base[d], data.labels[d]) for d in draws])
-    print(f"{args.baseline}: mAP {mean_ap(base, data.labels):.2f} on {data.name} ({len(data)} images); "
-          f"{args.draws} paired draws")
+    print(f"{args.baseline}: mAP {base_map:.2f} on {data.name} ({len(data)} images); {args.draws} paired draws")
     for other in args.others:
         scores = load(other, data)
-        diff = mean_ap(scores, data.labels) - mean_ap(base, data.labels)
+        other_map = mean_ap(scores, data.labels)
         boot = np.array([mean_ap(scores[d], data.labels[d]) for d in draws]) - base_boot
         lo, hi = np.percentile(boot, [2.5, 97.5])
-        print(f"{other}: mAP {mean_ap(scores, data.labels):.2f}, difference {diff:+.2f} "
+        print(f"{other}: mAP {other_map:.2f}, difference {other_map - base_map:+.2f} "
               f"(95% interval {lo:+.2f} to {hi:+.2f}; ahead in {100 * (boot > 0).mean():.1f}% of draws)")
 
 

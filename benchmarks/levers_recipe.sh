@@ -7,7 +7,7 @@
 #   asl      --loss asl: the asymmetric loss (Ridnik et al., ICCV 2021)        (~1 h)
 #   crops    --crop-scale-min 0.3: stronger random resized crops               (~1 h)
 #   train448 --input-size 448: train at 448 px (new feature cache, ~25 min)    (~2 h)
-#   deeper   --trainable-stages 4: block 4 fine-tuned too (block-3 maps cached) (~3 h)
+#   deeper   --trainable-stages 4: block 4 fine-tuned too (block-3 maps cached) (~2 h)
 # Usage: benchmarks/levers_recipe.sh ../shared/data/voc2007/VOCdevkit [out_dir] [lever ...]
 set -euo pipefail
 here=$(dirname "$0")

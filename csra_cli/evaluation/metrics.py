@@ -28,6 +28,11 @@ def average_precision(scores: np.ndarray, labels: np.ndarray, mode: str = "exact
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def class_average_precisions(scores: np.ndarray, labels: np.ndarray, mode: str = "exact") -> np.ndarray:
+    """AP of each class (column), NaN for a class without positives."""
+    return np.array([average_precision(scores[:, c], labels[:, c], mode) for c in range(labels.shape[1])])
+
+
 def _safe_div(a, b):
     return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
 
@@ -53,7 +58,7 @@ def threshold_metrics(scores: np.ndarray, labels: np.ndarray, thresholds) -> dic
 def evaluate(scores: np.ndarray, labels: np.ndarray, classes: list[str], threshold: float | list = 0.5,
              ap_mode: str = "exact") -> dict:
     """mAP over the classes with at least one positive, threshold metrics, per-class numbers."""
-    aps = np.array([average_precision(scores[:, c], labels[:, c], ap_mode) for c in range(len(classes))])
+    aps = class_average_precisions(scores, labels, ap_mode)
     at = threshold_metrics(scores, labels, threshold)
     has_pos = ~np.isnan(aps)
     report = {"mAP": float(100 * aps[has_pos].mean()) if has_pos.any() else float("nan")}
