@@ -2,12 +2,12 @@
 # Training levers tried on the shipped model's recipe (benchmarks/recipe_runs.sh), one changed at a
 # time against the shipped run (91.25 val mAP at 512 px; its reproduction 91.20). Resumable run by run.
 #   ema      --ema 0.998: ship an exponential moving average of the weights   (~1 h on 2 cores)
-#   emalong  --ema 0.998 over 18 epochs, lr step at 12: a longer schedule     (~1.5 h)
+#   emalong  --ema 0.998 over 18 epochs, lr step at 12: a longer schedule     (45 min alone on 2 cores)
 #   emashort --ema 0.998 over 9 epochs, lr step at 6 (EMA peaked at the step) (~45 min)
 #   asl      --loss asl: the asymmetric loss (Ridnik et al., ICCV 2021)        (~1 h)
 #   crops    --crop-scale-min 0.3: stronger random resized crops               (~1 h)
 #   train448 --input-size 448: train at 448 px (new feature cache, ~25 min)    (~2 h)
-#   deeper   --trainable-stages 4: block 4 fine-tuned too (block-3 maps cached) (~2 h)
+#   deeper   --trainable-stages 4: block 4 fine-tuned too (block-3 maps cached) (43 min alone on 2 cores, ~2 h beside other work)
 # Usage: benchmarks/levers_recipe.sh ../shared/data/voc2007/VOCdevkit [out_dir] [lever ...]
 set -euo pipefail
 here=$(dirname "$0")
