@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..models import registry
-from ..models.card import model_files
+from ..models.card import heads_text, model_files
 from .app import handle_errors, models_app
 from ..console import info, warn
 from ..errors import CSRAError
@@ -170,5 +170,5 @@ def models_import(
                           input_size=input_size)
     dest = registry.cache_dir() / f"{model.card.name}.safetensors"
     save_csra(model, model.card, dest)
-    info(f"imported {checkpoint} as '{model.card.name}' ({model.card.arch}, {model.card.num_heads} heads, "
+    info(f"imported {checkpoint} as '{model.card.name}' ({model.card.arch}, {heads_text(model.card.num_heads)}, "
          f"{model.card.num_classes} classes) -> {dest}")

@@ -9,6 +9,7 @@ import typer
 from .app import app, check_output, handle_errors, in_range
 from ..console import info
 from ..errors import CSRAError
+from ..models.card import heads_text
 
 
 @app.command()
@@ -110,7 +111,7 @@ def train(
                       trainable_stages=stages, workers=workers, seed=seed, loss=loss, half=not fp32, ema=ema,
                       license=license, attribution=attribution)
     set_threads()
-    info(f"training {arch} ({heads} heads, lambda {lam}) at {input_size}px{f' (run at {run_size}px)' if run_size else ''} on {len(train_set)} images"
+    info(f"training {arch} ({heads_text(heads)}, lambda {lam}) at {input_size}px{f' (run at {run_size}px)' if run_size else ''} on {len(train_set)} images"
          + (f", validating on {len(val_set)}" if val_set else ""))
     path, report = run_train(cfg, train_set, val_set, out, name, resume=resume, log=info)
     if report:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import CSRAError
+from ..models.card import heads_text
 from ..models.csra import CSRAModel
 
 FP32_TOLERANCE = 1e-4
@@ -60,7 +61,7 @@ def export_onnx(model: CSRAModel, out: Path, opset: int = 18, dynamic_size: bool
     for k, v in onnx_metadata(model.card, fp16).items():
         proto.metadata_props.add(key=k, value=v)
     card = json.loads(model.card.to_json())
-    proto.doc_string = f"CSRA model {card['name']} ({card['arch']}, {card['num_heads']} heads, lambda {card['lam']})"
+    proto.doc_string = f"CSRA model {card['name']} ({card['arch']}, {heads_text(card['num_heads'])}, lambda {card['lam']})"
     onnx.save(proto, str(out))
     return out
 

@@ -12,6 +12,11 @@ CARD_VERSION = 1
 MAX_INPUT_SIZE = 2048  # 448 is the official size; far beyond this one image no longer fits in memory
 
 
+def heads_text(num_heads: int) -> str:
+    """'1 head', '4 heads': how messages name a head count."""
+    return f"{num_heads} head{'' if num_heads == 1 else 's'}"
+
+
 def check_name(name, what: str = "model name") -> str:
     """A name that becomes a file name in $CSRA_HOME: no folders, no way out of it."""
     if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name \
