@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs of the shipped model's training recipe (EfficientNet-Lite2, blocks 5-6 + head fine-tuned on
-# cached block-4 maps at 384 px, validated and run at 512 px, 4 heads, lambda 0.1) with some flags
-# changed, one folder each. Resumable: a finished run is reported from its card, an interrupted one
-# continues (--resume), so runs of ~45-60 min each on 2 cores can span sessions. The feature cache
+# Runs of the previous default's training recipe (EfficientNet-Lite2, blocks 5-6 + head fine-tuned on
+# cached block-4 maps at 384 px, validated and run at 512 px, 4 heads, lambda 0.1, 12 epochs) with some
+# flags changed, one folder each; the shipped recipe is this one with
+# '--heads 1 --ema 0.998 --epochs 9 --lr-step 6' (its card's training.command). Resumable: a finished
+# run is reported from its card, an interrupted one continues (--resume), so runs of 11-60 min each on
+# 2 cores can span sessions. The feature cache
 # ($CSRA_HOME/features) is shared by every run at the same input size.
 # Usage: benchmarks/recipe_runs.sh VOCdevkit OUT_DIR 'NAME FLAG...' ...
 #   e.g. benchmarks/recipe_runs.sh ../shared/data/voc2007/VOCdevkit runs/x 'ema --ema 0.998'
