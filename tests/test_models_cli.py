@@ -128,3 +128,10 @@ def test_models_table_never_cuts_names_and_json_has_the_whole_registry():
     rows = {r["name"]: r for r in json.loads(runner.invoke(app, ["models", "--json"]).stdout)}
     for e in registry.entries():
         assert {k: rows[e["name"]][k] for k in e} == e  # every registry field, for scripts
+
+
+def test_listed_sizes_use_the_decimal_units_of_export_and_the_readme():
+    from csra_cli.cli.models import _size
+
+    assert _size(9_824_320) == "9.8 MB" and _size(5_713_339) == "5.7 MB"
+    assert _size(999) == "999 B" and _size(1_500) == "1.5 KB" and _size(None) == "?"

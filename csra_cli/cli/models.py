@@ -15,12 +15,13 @@ from ..errors import CSRAError
 
 
 def _size(n: int | None) -> str:
+    """Decimal units, as export, report and the README give sizes."""
     if not n:
         return "?"
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+        if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return "?"
 
 
