@@ -13,9 +13,10 @@ import time
 import numpy as np
 
 from csra_cli.engine.device import set_threads
-from csra_cli.engine.ray_engine import model_spec, run_tagging_ray
-from csra_cli.engine.runners import make_runner
-from csra_cli.engine.tagging import run_tagging
+from csra_cli.engine.ray_engine import run_tagging_ray
+from csra_cli.engine.run_spec import RunSpec
+from csra_cli.engine.runners import build_runner
+from csra_cli.engine.tagging import TagPolicy, run_tagging
 
 
 class Collect:
@@ -44,12 +45,11 @@ def measure(name, run):
 def main(list_file: str, batch_size: int = 16):
     paths = [ln.strip() for ln in open(list_file) if ln.strip()]
     set_threads()
-    runner = make_runner(None)  # the shipped model, --backend auto (onnxruntime on the CPU)
-    thresholds = np.array(runner.card.class_thresholds(None))
-    local, local_stats = measure("local", lambda s: run_tagging(runner, paths, [s], thresholds,
-                                                                 batch_size=batch_size, workers=1))
-    on_ray, ray_stats = measure("ray", lambda s: run_tagging_ray(runner, model_spec(None), paths, [s], thresholds,
-                                                                  batch_size=batch_size))
+    run = RunSpec(batch_size=batch_size, workers=1)  # the shipped model, --backend auto (onnxruntime on the CPU)
+    runner = build_runner(run.model, run)
+    policy = TagPolicy(np.array(runner.card.class_thresholds()))
+    local, local_stats = measure("local", lambda s: run_tagging(runner, paths, [s], policy, run))
+    on_ray, ray_stats = measure("ray", lambda s: run_tagging_ray(runner, paths, [s], policy, run))
     same = sum(a["tags"] == b["tags"] for a, b in zip(local, on_ray))
     print(json.dumps({"local": local_stats, "ray": ray_stats, "same_tags": f"{same}/{len(paths)}",
                       "overhead_wall": round(ray_stats["wall_s"] / local_stats["wall_s"], 2),

@@ -11,3 +11,8 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Decoding processes when none is asked for: cores - 1 (the model uses the rest), at most 4."""
+    return max(1, min(4, cpu_cores() - 1))

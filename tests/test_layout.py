@@ -163,3 +163,28 @@ def test_every_subpackage_ships_in_the_wheel():
     found = {module_name(p) for p in PKG.rglob("__init__.py")}
     assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
     assert "csra_cli.weights" in listed
+
+
+MAX_PARAMETERS = 10
+
+
+def parameters_of(node) -> list[str]:
+    a = node.args
+    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
+    return [n for n in names if n not in ("self", "cls")]
+
+
+def test_no_function_takes_more_than_ten_parameters():
+    """Which model and how to run it travel as values (ModelSpec, RunSpec, TagPolicy), a command's
+    options as OptionGroups: no data clump of loose arguments threaded through the layers."""
+    wide = [f"{module_name(p)}.{node.name} ({len(parameters_of(node))})"
+            for p in PKG.rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            and len(parameters_of(node)) > MAX_PARAMETERS]
+    assert not wide, "functions with more than 10 parameters: " + ", ".join(sorted(wide))
+
+
+def test_the_rule_counts_every_kind_of_parameter():
+    tree = ast.parse("def f(a, /, b, *c, d, e=1, **f): pass\nclass K:\n    def m(self, x): pass")
+    f, m = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    assert parameters_of(f) == ["a", "b", "d", "e", "c", "f"] and parameters_of(m) == ["x"]

@@ -1,7 +1,9 @@
 """The Typer app, the error handling every command shares, and the options several commands take.
 
 Options used by more than one command are declared here once (``Annotated`` types) and reused,
-so ``--model``, ``--device`` and the rest mean the same everywhere. Nothing here imports torch.
+so ``--model``, ``--device`` and the rest mean the same everywhere; the groups of them a command
+takes as one value (``RUN_OPTIONS`` -> ``RunSpec``, ``MODEL_OPTIONS`` -> ``ModelSpec``) are
+here too. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
-from ..cpu import cpu_cores
+from ..cpu import default_workers  # noqa: F401  (callers and tests import it from here)
 from ..console import error
+from ..engine.run_spec import RunSpec
 from ..errors import CSRAError
-
+from ..models.spec import ModelSpec
+from .options import REQUIRED, Opt, OptionGroup
 
 
 def _plain_metavar(param) -> str:
@@ -123,15 +127,6 @@ def main_callback(
     _state["debug"] = debug
 
 
-def default_workers() -> int:
-    return max(1, min(4, cpu_cores() - 1))
-
-
-def resolve_workers(workers: int) -> int:
-    """-1 (the default): cores - 1, at most 4."""
-    return default_workers() if workers < 0 else workers
-
-
 def usage_error(message: str):
     """Bad usage found while parsing: one line on stderr, exit 2 (Typer's own errors draw a box)."""
     error(message)
@@ -172,19 +167,20 @@ def check_output(path, flag: str = "--out") -> None:
         raise CSRAError(f"{flag} {path}: the folder {parent} does not exist")
 
 
-def warn_official_settings(model: str | None, lam, class_names) -> None:
+def warn_official_settings(model: ModelSpec) -> None:
     """An official .pth does not record λ or its class names: say which flags supply them."""
     from pathlib import Path
 
     from ..console import warn
 
-    if not model or Path(model).suffix not in (".pth", ".pt", ".bin", ".ckpt") or not Path(model).is_file():
+    source = model.source
+    if not source or Path(source).suffix not in (".pth", ".pt", ".bin", ".ckpt") or not Path(source).is_file():
         return
-    missing = [f for f, v in (("--lam (else 0.1)", lam), ("--class-names voc|coco|wider|a,b,c|FILE "
-                                                           "(else tags are class_0, class_1, …)", class_names))
+    missing = [f for f, v in (("--lam (else 0.1)", model.lam), ("--class-names voc|coco|wider|a,b,c|FILE "
+                                                                 "(else tags are class_0, class_1, …)", model.class_names))
                if v is None]
     if missing:
-        warn(f"{model} is an official checkpoint that does not record its settings; pass " + " and ".join(missing))
+        warn(f"{source} is an official checkpoint that does not record its settings; pass " + " and ".join(missing))
 
 
 def _check_device(value: str) -> str:
@@ -229,47 +225,57 @@ RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="Ray cluster for --engine ray: host:port, ray://host:10001, auto or local "
                           "(default: RAY_ADDRESS or a running 'ray start' cluster, else a local instance).")]
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
-ENGINES = ("local", "ray")
+# The model options make a ModelSpec (export, explain); with the options of how to run it, a
+# RunSpec (tag, eval, bench). A command takes a group with ``@RUN_OPTIONS.into("run")``.
+MODEL_OPTIONS = OptionGroup(ModelSpec, "Model", source=Opt(ModelOpt), arch=Opt(ArchOpt), heads=Opt(HeadsOpt),
+                            lam=Opt(LamOpt), class_names=Opt(ClassNamesOpt))
+RUN_OPTIONS = OptionGroup(
+    RunSpec.from_options, "Model and how to run it", **MODEL_OPTIONS.options, batch_size=Opt(BatchSizeOpt, 16),
+    workers=Opt(WorkersOpt, -1), device=Opt(DeviceOpt, "auto"), precision=Opt(PrecisionOpt, "auto"),
+    backend=Opt(BackendOpt, "auto"), tta=Opt(TTAOpt, False), engine=Opt(EngineOpt, "local"),
+    ray_address=Opt(RayAddressOpt))
+
+# Which labelled set: eval and train (train has its own defaults and help for some).
+DATASET_OPTIONS = OptionGroup(
+    "DatasetOptions", "Dataset",
+    dataset=Opt(Annotated[str, typer.Option(help="voc, coco or csv.")], REQUIRED),
+    root=Opt(Annotated[Optional[str], typer.Option(help="VOC: VOCdevkit or VOC2007 folder.")]),
+    split=Opt(Annotated[str, typer.Option(help="VOC split (difficult-only classes are ignored on test).")], "test"),
+    annotations=Opt(Annotated[Optional[str], typer.Option(help="COCO: instances JSON (2014 or 2017).")]),
+    images=Opt(Annotated[Optional[str], typer.Option(help="COCO: images folder.")]),
+    labels=Opt(Annotated[Optional[str], typer.Option(help="CSV: labels file with the columns path,tags.")]),
+    tag_sep=Opt(Annotated[str, typer.Option(help="CSV: tag separator.")], ";"))
 
 
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise CSRAError(f"--engine {engine!r}: use local or ray")
-    return engine
+def open_selected(data):
+    """The labelled set the dataset options name."""
+    from ..data.selection import open_dataset
+
+    return open_dataset(data.dataset, data.root, data.split, data.annotations, data.images, data.labels, data.tag_sep)
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise CSRAError(f"--precision {precision!r}: use {', '.join(PRECISIONS)}")
-    return precision
+def load_model_for(model: ModelSpec):
+    """The PyTorch model a ModelSpec names."""
+    from ..models.loading import load_spec
+
+    warn_official_settings(model)
+    return load_spec(model)
 
 
-def load_model_for(model, arch=None, heads=None, lam=None, class_names=None):
-    """The PyTorch model named by the shared model options."""
-    from ..models.loading import load_model
+def runner_for(run: RunSpec):
+    """The runner (PyTorch or onnxruntime) of the run's model, as the run says to run it."""
+    from ..engine.runners import build_runner
 
-    warn_official_settings(model, lam, class_names)
-
-    return load_model(model, arch=arch, num_heads=heads, lam=lam, classes=class_names)
-
-
-def runner_for(model, backend, device, precision, arch=None, heads=None, lam=None, class_names=None, tta=False):
-    """The runner (PyTorch or onnxruntime) named by the shared model and device options."""
-    from ..engine.runners import make_runner
-
-    warn_official_settings(model, lam, class_names)
-
-    return make_runner(model, backend, device, check_precision(precision), arch, heads, lam, class_names, tta)
+    warn_official_settings(run.model)
+    run.checked_precision()
+    return build_runner(run.model, run)
 
 
-def ray_spec_for(engine, model, backend, device, precision, arch=None, heads=None, lam=None, class_names=None,
-                 tta=False):
-    """For --engine ray: what each Ray actor needs to build the same runner (None for local).
-    Ray's absence is reported here, before any model is loaded."""
-    if check_engine(engine) == "local":
-        return None
-    from ..engine.ray_engine import model_spec, require_ray
+def check_engine(run: RunSpec) -> None:
+    """For --engine ray, Ray's absence is reported here, before any model is loaded."""
+    if run.checked_engine() == "local":
+        return
+    from ..engine.ray_engine import require_ray
 
     require_ray()
-    return model_spec(model, backend, device, check_precision(precision), arch, heads, lam, class_names, tta)
+    run.checked_precision()

@@ -2,29 +2,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .app import (BackendOpt, BatchSizeOpt, DeviceOpt, ModelOpt, PrecisionOpt, WorkersOpt, app, check_inputs_exist,
-                  check_precision, handle_errors, in_range, resolve_workers)
+from .app import RUN_OPTIONS, app, check_inputs_exist, handle_errors, in_range
 from ..console import err, info
+from ..engine.run_spec import RunSpec
 from ..errors import CSRAError
 
 
 @app.command()
 @handle_errors
+@RUN_OPTIONS.into("run", only=("source", "batch_size", "workers", "device", "precision", "backend"))
 def bench(
-    model: ModelOpt = None,
+    run: RunSpec,
     images: Annotated[Optional[str], typer.Option("--images", help="Folder of images, or a text file with one path per line.")] = None,
     limit: Annotated[int, typer.Option(callback=in_range("--limit", 0), help="Use at most N images of --images (0: all).")] = 0,
     synthetic: Annotated[int, typer.Option("--synthetic", help="Without --images: N generated 500x375 JPEGs.")] = 64,
-    batch_size: BatchSizeOpt = 16,
-    workers: WorkersOpt = -1,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    backend: BackendOpt = "auto",
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also time the official-style loops.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
     whole_process: Annotated[bool, typer.Option("--whole-process", help="Also time `csra tag` on the images as a whole "
@@ -50,10 +47,10 @@ def bench(
         paths = paths[:limit] if limit else paths
         if not paths:
             raise CSRAError(f"--images {images}: no images found")
-    workers = resolve_workers(workers)
+    run = replace(run, workers=run.resolved_workers)
+    run.checked_precision()
     set_threads()
-    result = run_bench(model, paths, synthetic, batch_size, workers, device, check_precision(precision), backend,
-                       baselines, log=None if as_json else info, whole_process=whole_process)
+    result = run_bench(run, paths, synthetic, baselines, log=None if as_json else info, whole_process=whole_process)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

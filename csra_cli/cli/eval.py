@@ -7,46 +7,42 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import (ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt, DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt,
-                  PrecisionOpt, QuietOpt, TTAOpt, RayAddressOpt, WorkersOpt, app, check_output, handle_errors, in_range,
-                  ray_spec_for, resolve_workers, runner_for)
+from .app import (DATASET_OPTIONS, RUN_OPTIONS, QuietOpt, app, check_engine, check_output, handle_errors, in_range,
+                  open_selected, runner_for)
 from ..console import err, start_progress, warn
+from ..engine.run_spec import RunSpec
 from ..errors import CSRAError
+from .options import Opt, OptionGroup
 from .report import ReportOpt, check_report_path
+
+# What eval writes besides its report on stdout.
+OUTPUTS = OptionGroup(
+    "EvalOutputs", "Outputs",
+    save_scores=Opt(Annotated[Optional[str], typer.Option("--save-scores", help="Write image x class scores to this CSV.")]),
+    calibrate=Opt(Annotated[Optional[str], typer.Option("--calibrate", help="Write per-class F1-maximising thresholds (JSON).")]),
+    json_out=Opt(Annotated[Optional[str], typer.Option("--json", help="Write the full report as JSON (- for stdout).")]),
+    html_report=Opt(ReportOpt))
+# How scores are judged.
+MEASURES = OptionGroup(
+    "EvalMeasures", "Metrics",
+    class_map=Opt(Annotated[Optional[str], typer.Option(help="Dataset name -> model name: JSON or CSV file, or coco-to-voc / voc-to-coco.")]),
+    threshold=Opt(Annotated[float, typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1),
+                                                help="Threshold for CP/CR/CF1/OP/OR/OF1.")], 0.5),
+    ap=Opt(Annotated[str, typer.Option("--ap", help="exact (non-interpolated, as the paper) or voc07-11pt.")], "exact"))
 
 
 @app.command("eval")
 @handle_errors
+@DATASET_OPTIONS.into("data")
+@MEASURES.into("measures")
+@RUN_OPTIONS.into("run")
+@OUTPUTS.into("outputs")
 def eval_cmd(
-    dataset: Annotated[str, typer.Option(help="voc, coco or csv.")],
-    root: Annotated[Optional[str], typer.Option(help="VOC: VOCdevkit or VOC2007 folder.")] = None,
-    split: Annotated[str, typer.Option(help="VOC split (difficult-only classes are ignored on test).")] = "test",
-    annotations: Annotated[Optional[str], typer.Option(help="COCO: instances JSON (2014 or 2017).")] = None,
-    images: Annotated[Optional[str], typer.Option(help="COCO: images folder.")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="CSV: labels file with the columns path,tags.")] = None,
-    tag_sep: Annotated[str, typer.Option(help="CSV: tag separator.")] = ";",
-    class_map: Annotated[Optional[str], typer.Option(help="Dataset name -> model name: JSON or CSV file, or coco-to-voc / voc-to-coco.")] = None,
-    model: ModelOpt = None,
-    arch: ArchOpt = None,
-    heads: HeadsOpt = None,
-    lam: LamOpt = None,
-    class_names: ClassNamesOpt = None,
+    data: "DatasetOptions",
+    measures: "EvalMeasures",
+    run: RunSpec,
+    outputs: "EvalOutputs",
     scores: Annotated[Optional[str], typer.Option("--scores", help="Evaluate this scores CSV instead of running a model.")] = None,
-    save_scores: Annotated[Optional[str], typer.Option("--save-scores", help="Write image x class scores to this CSV.")] = None,
-    calibrate: Annotated[Optional[str], typer.Option("--calibrate", help="Write per-class F1-maximising thresholds (JSON).")] = None,
-    threshold: Annotated[float, typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1),
-                                             help="Threshold for CP/CR/CF1/OP/OR/OF1.")] = 0.5,
-    ap: Annotated[str, typer.Option("--ap", help="exact (non-interpolated, as the paper) or voc07-11pt.")] = "exact",
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the full report as JSON (- for stdout).")] = None,
-    html_report: ReportOpt = None,
-    batch_size: BatchSizeOpt = 16,
-    workers: WorkersOpt = -1,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    backend: BackendOpt = "auto",
-    tta: TTAOpt = False,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
     quiet: QuietOpt = False,
 ):
     """mAP (paper protocol), CP/CR/CF1/OP/OR/OF1 and per-class numbers on a labelled set.
@@ -55,98 +51,120 @@ def eval_cmd(
     --json - the JSON alone goes there and the table to stderr."""
     import numpy as np
 
-    from ..data.selection import open_dataset
-    from ..evaluation.scoring import align_scores, match_classes, read_class_map, read_scores, score_images, write_scores
-    from ..engine.device import set_threads
-    from ..engine.runners import precision_of
-    from ..evaluation.metrics import best_f1_thresholds, evaluate
+    from ..evaluation.scoring import align_scores, match_classes, read_class_map, read_scores
 
-    if scores and tta:
+    if scores and run.tta:
         raise CSRAError("--tta changes how a model scores images; with --scores FILE no model runs")
-    if ap not in ("exact", "voc07-11pt"):
+    if measures.ap not in ("exact", "voc07-11pt"):
         raise CSRAError("--ap: use exact or voc07-11pt")
-    for flag, path in (("--json", json_out), ("--save-scores", save_scores), ("--calibrate", calibrate)):
+    for flag, path in (("--json", outputs.json_out), ("--save-scores", outputs.save_scores),
+                       ("--calibrate", outputs.calibrate)):
         check_output(path, flag)
-    page = check_report_path(html_report, json_out, save_scores, calibrate)
-    data = open_dataset(dataset, root, split, annotations, images, labels, tag_sep)
-    if len(data) == 0:
-        raise CSRAError(f"{data.name}: no labelled images")
+    page = check_report_path(outputs.html_report, outputs.json_out, outputs.save_scores, outputs.calibrate)
+    dataset = open_selected(data)
+    if len(dataset) == 0:
+        raise CSRAError(f"{dataset.name}: no labelled images")
     started = time.time()
     failures: list = []
-    card = None
+    card = precision = None
     if scores:
         score_paths, model_classes, all_scores = read_scores(scores)
-        all_scores = align_scores(data, score_paths, all_scores)
+        all_scores = align_scores(dataset, score_paths, all_scores)
         model_name = scores
     else:
-        workers = resolve_workers(workers)
-        spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names, tta)
-        set_threads()
-        runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names, tta)
-        card, model_classes, model_name = runner.card, runner.card.classes, runner.card.name
-        progress = start_progress(len(data), "scoring", quiet)
-        try:
-            advance = progress.advance if progress else None
-            if spec is None:
-                all_scores, failures = score_images(runner, data.paths, batch_size, workers, advance)
-            else:
-                from ..engine.ray_engine import score_images_ray
+        card, precision, all_scores, failures = model_scores(dataset, run, quiet)
+        model_classes, model_name = card.classes, card.name
+        if outputs.save_scores:
+            from ..evaluation.scoring import write_scores
 
-                all_scores, failures = score_images_ray(runner, spec, data.paths, batch_size, advance, ray_address)
-        finally:
-            if progress:
-                progress.stop()
-        if save_scores:
-            write_scores(save_scores, data.paths, model_classes, all_scores)
-    data_cols, model_cols, left_data, left_model = match_classes(data, model_classes, read_class_map(class_map))
+            write_scores(outputs.save_scores, dataset.paths, model_classes, all_scores)
+    data_cols, model_cols, left_data, left_model = match_classes(dataset, model_classes,
+                                                                 read_class_map(measures.class_map))
     if left_data and not quiet:
         warn(f"dataset classes without a model class, left out: {', '.join(left_data)}")
     classes = [model_classes[c] for c in model_cols]
-    lab = data.labels[:, data_cols]
+    lab = dataset.labels[:, data_cols]
     sc = all_scores[:, model_cols]
     readable = ~np.isnan(sc).any(axis=1)
     if (~readable).any() and not failures:
-        failures = [(p, "no score") for p, ok in zip(data.paths, readable) if not ok]
-    report = evaluate(sc[readable], lab[readable], classes, threshold, ap)
-    if card is not None and card.thresholds:
-        per = [card.thresholds.get(c, card.threshold) for c in classes]
-        at = evaluate(sc[readable], lab[readable], classes, per, ap)
-        report["model_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
+        failures = [(p, "no score") for p, ok in zip(dataset.paths, readable) if not ok]
+    report, per = measure(sc[readable], lab[readable], classes, measures, card)
     report.update({
-        "model": model_name, "precision": None if scores else precision_of(runner), "tta": tta, "dataset": data.name,
-        "split": split if dataset == "voc" else None,
-        "threshold": threshold, "ap": ap, "classes_evaluated": classes, "dataset_classes_left_out": left_data,
-        "model_classes_unmatched": left_model, "num_images_labelled": len(data),
-        "num_images_failed": len(failures), "failed": [{"path": p, "error": e} for p, e in failures],
-        "seconds": round(time.time() - started, 2),
+        "model": model_name, "precision": precision, "tta": run.tta, "dataset": dataset.name,
+        "split": data.split if data.dataset == "voc" else None,
+        "threshold": measures.threshold, "ap": measures.ap, "classes_evaluated": classes,
+        "dataset_classes_left_out": left_data, "model_classes_unmatched": left_model,
+        "num_images_labelled": len(dataset), "num_images_failed": len(failures),
+        "failed": [{"path": p, "error": e} for p, e in failures], "seconds": round(time.time() - started, 2),
     })
-    if calibrate:
-        from ..fileio import atomic_write_bytes
-        from pathlib import Path
+    if outputs.calibrate:
+        from ..evaluation.metrics import best_f1_thresholds
 
         t = best_f1_thresholds(sc[readable], lab[readable])
-        atomic_write_bytes(Path(calibrate), json.dumps({c: round(float(v), 4) for c, v in zip(classes, t)},
-                                                        indent=2).encode())
+        write_text(outputs.calibrate, json.dumps({c: round(float(v), 4) for c, v in zip(classes, t)}, indent=2))
     if page:
         write_eval_report(report, classes, sc[readable], lab[readable],
-                          [p for p, ok in zip(data.paths, readable) if ok], threshold,
-                          per if "model_thresholds" in report else None, page, quiet)
+                          [p for p, ok in zip(dataset.paths, readable) if ok], measures.threshold, per, page, quiet)
     if not quiet:
         from rich.console import Console
 
-        print_report(report, err if json_out == "-" else Console(highlight=False))
-    if json_out:
+        print_report(report, err if outputs.json_out == "-" else Console(highlight=False))
+    if outputs.json_out:
         text = json.dumps(finite(report), indent=2, allow_nan=False) + "\n"
-        if json_out == "-":
+        if outputs.json_out == "-":
             typer.echo(text, nl=False)
         else:
-            from ..fileio import atomic_write_bytes
-            from pathlib import Path
-
-            atomic_write_bytes(Path(json_out), text.encode())
+            write_text(outputs.json_out, text)
     if failures:
         warn(f"{len(failures)} images could not be read and are not in the metrics (listed under 'failed')")
         raise typer.Exit(1)
+
+
+def model_scores(dataset, run: RunSpec, quiet: bool):
+    """(card, precision, (N, C) probabilities, failures) of the run's model on the dataset's images,
+    on this machine or on Ray as the run says."""
+    from ..engine.device import set_threads
+    from ..engine.runners import precision_of
+    from ..evaluation.scoring import score_images
+
+    check_engine(run)
+    set_threads()
+    runner = runner_for(run)
+    progress = start_progress(len(dataset), "scoring", quiet)
+    try:
+        advance = progress.advance if progress else None
+        if run.engine == "local":
+            all_scores, failures = score_images(runner, dataset.paths, run.batch_size, run.resolved_workers, advance)
+        else:
+            from ..engine.ray_engine import score_images_ray
+
+            all_scores, failures = score_images_ray(runner, dataset.paths, run, advance)
+    finally:
+        if progress:
+            progress.stop()
+    return runner.card, precision_of(runner), all_scores, failures
+
+
+def measure(scores, labels, classes: list[str], measures, card) -> tuple[dict, list[float] | None]:
+    """The metrics at the asked threshold, plus CP…OF1 at the model card's per-class thresholds
+    where it has them (and those thresholds, for the page's marks)."""
+    from ..evaluation.metrics import evaluate
+
+    report = evaluate(scores, labels, classes, measures.threshold, measures.ap)
+    if card is None or not card.thresholds:
+        return report, None
+    per = [card.thresholds.get(c, card.threshold) for c in classes]
+    at = evaluate(scores, labels, classes, per, measures.ap)
+    report["model_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
+    return report, per
+
+
+def write_text(path: str, text: str) -> None:
+    from pathlib import Path
+
+    from ..fileio import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), text.encode())
 
 
 def write_eval_report(report, classes, scores, labels, paths, threshold, model_thresholds, page, quiet) -> None:

@@ -6,25 +6,23 @@ from typing import Annotated, List
 
 import typer
 
-from .app import (ArchOpt, ClassNamesOpt, DeviceOpt, HeadsOpt, LamOpt, ModelOpt, TopKOpt, app, check_inputs_exist,
-                  check_output, handle_errors, load_model_for)
+from .app import MODEL_OPTIONS, DeviceOpt, TopKOpt, app, check_inputs_exist, check_output, handle_errors, load_model_for
 from ..console import error, info, warn
 from ..errors import CSRAError
+from ..models.spec import ModelSpec
 
 
 @app.command()
 @handle_errors
+@MODEL_OPTIONS.into("model")
 def explain(
     images: Annotated[List[str], typer.Argument(help="Image files, folders or glob patterns (as for tag).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the heatmaps.")],
     class_: Annotated[List[str], typer.Option("--class", "-c", help="Class to draw (repeatable; default: the predicted ones).")] = [],
     top_k: TopKOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="png (overlays + grid) or npy (raw maps).")] = "png",
-    model: ModelOpt = None,
-    arch: ArchOpt = None,
-    heads: HeadsOpt = None,
-    lam: LamOpt = None,
-    class_names: ClassNamesOpt = None,
+    *,
+    model: ModelSpec,
     device: DeviceOpt = "auto",
 ):
     """Class attention heatmaps: where the CSRA head finds each class.
@@ -44,7 +42,7 @@ def explain(
     paths = list(expand_inputs(images, warn=warn))
     if not paths:
         raise CSRAError("no images found in the inputs")
-    m = load_model_for(model, arch, heads, lam, class_names)
+    m = load_model_for(model)
     unknown = [c for c in class_ if c not in m.classes]
     if unknown:
         raise CSRAError(f"--class: unknown {', '.join(unknown)}; the model's classes are {', '.join(m.classes)}")

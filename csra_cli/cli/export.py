@@ -6,10 +6,20 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .app import (ArchOpt, ClassNamesOpt, HeadsOpt, LamOpt, ModelOpt, app, check_inputs_exist, check_output,
-                  handle_errors, load_model_for)
+from .app import MODEL_OPTIONS, app, check_inputs_exist, check_output, handle_errors, load_model_for
 from ..console import info
 from ..errors import CSRAError
+from ..models.spec import ModelSpec
+from .options import Opt, OptionGroup
+
+# int8 quantisation: asked for, and calibrated on what.
+INT8_OPTIONS = OptionGroup(
+    "Int8Options", "int8",
+    int8=Opt(Annotated[bool, typer.Option("--int8", help="With --onnx: int8 static quantisation (QDQ, per-channel weights) "
+                                          "for the CPU, calibrated on --calibrate-on; also cached for --precision int8.")], False),
+    calibrate_on=Opt(Annotated[Optional[str], typer.Option("--calibrate-on", help="int8 calibration images: a folder, a glob, "
+                                                           "or a .txt list (one path a line, # comments).")]),
+    calibration_images=Opt(Annotated[int, typer.Option("--calibration-images", min=1, help="Use at most N calibration images.")], 150))
 
 
 class ExportFailed(CSRAError):
@@ -20,24 +30,19 @@ class ExportFailed(CSRAError):
 
 @app.command()
 @handle_errors
+@MODEL_OPTIONS.into("model")
+@INT8_OPTIONS.into("int8")
 def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (verified with onnxruntime).")] = False,
     torchscript: Annotated[bool, typer.Option("--torchscript", help="Export to TorchScript (verified).")] = False,
-    model: ModelOpt = None,
-    arch: ArchOpt = None,
-    heads: HeadsOpt = None,
-    lam: LamOpt = None,
-    class_names: ClassNamesOpt = None,
+    *,
+    model: ModelSpec,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (default: <model>.onnx / .pt).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (18+ uses the torch.export-based exporter).")] = 18,
     dynamic_size: Annotated[bool, typer.Option("--dynamic-size", help="Dynamic height/width (batch is always dynamic).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="ONNX weights and activations in fp16.")] = False,
     verify_images: Annotated[List[str], typer.Option("--verify-image", help="Real images to verify on (repeatable).")] = [],
-    int8: Annotated[bool, typer.Option("--int8", help="With --onnx: int8 static quantisation (QDQ, per-channel weights) "
-                                       "for the CPU, calibrated on --calibrate-on; also cached for --precision int8.")] = False,
-    calibrate_on: Annotated[Optional[str], typer.Option("--calibrate-on", help="int8 calibration images: a folder, a glob, "
-                                                        "or a .txt list (one path a line, # comments).")] = None,
-    calibration_images: Annotated[int, typer.Option("--calibration-images", min=1, help="Use at most N calibration images.")] = 150,
+    int8: "Int8Options",
 ):
     """Export a model; the file carries classes, preprocessing and thresholds, and is checked
     against PyTorch on the spot (max |Δlogit| ≤ 1e-4 in fp32, else the export fails)."""
@@ -47,11 +52,11 @@ def export(
         raise CSRAError("--out names one file; export one format at a time when giving --out")
     check_output(out)
     check_inputs_exist(verify_images, "--verify-image")
-    if int8:
+    if int8.int8:
         if not onnx or torchscript or fp16:
             raise CSRAError("--int8 goes with --onnx alone (not --torchscript or --fp16)")
-        return export_int8(model, arch, heads, lam, class_names, out, calibrate_on, calibration_images)
-    m = load_model_for(model, arch, heads, lam, class_names)
+        return export_int8(model, out, int8)
+    m = load_model_for(model)
     for fmt, ext, do_export in (("onnx", ".onnx", onnx), ("torchscript", ".pt", torchscript)):
         if not do_export:
             continue
@@ -112,7 +117,7 @@ def calibration_paths(spec: str | None, limit: int) -> list[str]:
     return paths[:limit]
 
 
-def export_int8(model, arch, heads, lam, class_names, out: Path | None, calibrate_on, limit: int) -> None:
+def export_int8(model: ModelSpec, out: Path | None, int8) -> None:
     """The verified fp32 export (cached), quantised into the cache and copied to --out."""
     import os
     import shutil
@@ -121,11 +126,13 @@ def export_int8(model, arch, heads, lam, class_names, out: Path | None, calibrat
     from ..engine.quantize import quantize_int8
     from ..engine.runners import cache_path, cached_onnx, export_key
     from ..models.card import model_files
-    from ..models.loading import resolve
+    from ..models.loading import resolve_spec
 
-    images = calibration_paths(calibrate_on, limit)
-    m = load_model_for(model, arch, heads, lam, class_names)
-    weights = model_files(resolve(model)[0]).weights
+    calibrate_on = int8.calibrate_on
+    images = calibration_paths(calibrate_on, int8.calibration_images)
+    model = resolve_spec(model)
+    m = load_model_for(model)
+    weights = model_files(model.path).weights
     fp32 = cached_onnx(m, weights)
     key = export_key(weights, m.card, "int8")  # once: it reads the weights' sha256 memo
     cached = cache_path(weights, m.card, "int8", key)

@@ -11,54 +11,55 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..console import err, error, info, warn
+from ..engine.run_spec import RunSpec
 from ..errors import CSRAError
-from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ArchOpt, BackendOpt, BatchSizeOpt, ClassNamesOpt,
-                  DeviceOpt, EngineOpt, HeadsOpt, LamOpt, ModelOpt, PrecisionOpt, QuietOpt, TTAOpt, RayAddressOpt, TopKOpt,
-                  WorkersOpt, app, check_inputs_exist, check_output, handle_errors, in_range, ray_spec_for,
-                  resolve_workers, runner_for)
+from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, RUN_OPTIONS, QuietOpt, TopKOpt, app, check_engine,
+                  check_inputs_exist, check_output, handle_errors, in_range, runner_for)
+from .options import REQUIRED, Opt, OptionGroup
 from .report import ReportOpt, check_report_path, write_tag_report
+
+# The tag command's options besides the model and run ones, in the values its body reads.
+INPUTS = OptionGroup(
+    "TagInputs", "Inputs",
+    inputs=Opt(Annotated[List[str], typer.Argument(help="Image files, folders, glob patterns, or - for paths on stdin (one a line).")], REQUIRED),
+    null=Opt(Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin end with NUL, not newline (find -print0).")], False),
+    recursive=Opt(Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")], True))
+OUTPUT = OptionGroup(
+    "TagOutput", "Output",
+    out=Opt(Annotated[str, typer.Option("--out", "-o", help="Output file (.csv/.json/.jsonl/.sqlite) or - for stdout.")], "-"),
+    fmt=Opt(Annotated[Optional[str], typer.Option("--format", "-f", help="csv, json, jsonl or sqlite (default: from --out; jsonl on stdout).")]),
+    resume=Opt(Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --out.")], False),
+    overwrite=Opt(Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")], False),
+    report=Opt(ReportOpt))
+SELECTION = OptionGroup(
+    "TagSelection", "Tags",
+    threshold=Opt(Annotated[Optional[float], typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1), help="One threshold for every class (default: the model card's, per class where it has them).")]),
+    thresholds=Opt(Annotated[Optional[str], typer.Option("--thresholds", help="Per-class thresholds: JSON {class: t} or CSV class,threshold.")]),
+    top_k=Opt(TopKOpt),
+    classes=Opt(Annotated[Optional[str], typer.Option("--classes", help="Only these classes (comma-separated).")]),
+    scores=Opt(Annotated[bool, typer.Option("--scores", help="Add every class's score to each record.")], False))
+SIDECARS = OptionGroup(
+    "SidecarOptions", "Sidecars",
+    sidecar=Opt(Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars: --sidecar txt,xmp or the flag twice.")], []),
+    xmp_name=Opt(Annotated[str, typer.Option("--xmp-name", help="full: photo.jpg.xmp, stem: photo.xmp.")], "full"),
+    overwrite_sidecars=Opt(Annotated[bool, typer.Option("--overwrite-sidecars", help="Replace .txt sidecars that csra did not write (a user's own captions are kept otherwise).")], False))
 
 
 @app.command()
 @handle_errors
-def tag(
-    inputs: Annotated[List[str], typer.Argument(help="Image files, folders, glob patterns, or - for paths on stdin (one a line).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output file (.csv/.json/.jsonl/.sqlite) or - for stdout.")] = "-",
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="csv, json, jsonl or sqlite (default: from --out; jsonl on stdout).")] = None,
-    model: ModelOpt = None,
-    arch: ArchOpt = None,
-    heads: HeadsOpt = None,
-    lam: LamOpt = None,
-    class_names: ClassNamesOpt = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1), help="One threshold for every class (default: the model card's, per class where it has them).")] = None,
-    thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Per-class thresholds: JSON {class: t} or CSV class,threshold.")] = None,
-    top_k: TopKOpt = None,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="Only these classes (comma-separated).")] = None,
-    scores: Annotated[bool, typer.Option("--scores", help="Add every class's score to each record.")] = False,
-    sidecar: Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars: --sidecar txt,xmp or the flag twice.")] = [],  # noqa: B006
-    xmp_name: Annotated[str, typer.Option("--xmp-name", help="full: photo.jpg.xmp, stem: photo.xmp.")] = "full",
-    overwrite_sidecars: Annotated[bool, typer.Option("--overwrite-sidecars", help="Replace .txt sidecars that csra did not write (a user's own captions are kept otherwise).")] = False,
-    null: Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin end with NUL, not newline (find -print0).")] = False,
-    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk folders recursively.")] = True,
-    batch_size: BatchSizeOpt = 16,
-    workers: WorkersOpt = -1,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    backend: BackendOpt = "auto",
-    tta: TTAOpt = False,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --out.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
-    report: ReportOpt = None,
-    quiet: QuietOpt = False,
-):
+@INPUTS.into("inputs")
+@OUTPUT.into("output")
+@RUN_OPTIONS.into("run")
+@SELECTION.into("selection")
+@SIDECARS.into("sidecars")
+def tag(inputs: "TagInputs", output: "TagOutput", run: RunSpec, selection: "TagSelection", sidecars: "SidecarOptions",
+        quiet: QuietOpt = False):
     """Tag images and write one record per image (path, tags, scores, error).
 
     Exit codes: 0 all images tagged, 1 some images could not be read (see their error
     records), 2 bad usage or input, 130 interrupted (run again with --resume)."""
     try:
-        _tag(**locals())
+        _tag(inputs, output, run, selection, sidecars, quiet)
     except KeyboardInterrupt:  # Ctrl-C before the first image (the tag loop handles its own)
         error("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -83,91 +84,98 @@ def _silence_stdout() -> None:
         pass
 
 
-def _tag(inputs, out, fmt, model, arch, heads, lam, class_names, threshold, thresholds, top_k, classes, scores,
-         sidecar, xmp_name, overwrite_sidecars, null, recursive, batch_size, workers, device, precision, backend,
-         tta, engine, ray_address, resume, overwrite, report, quiet):
-    import numpy as np
+def sidecar_kinds(sidecars) -> list[str]:
+    """--sidecar txt,xmp or the flag twice -> ["txt", "xmp"]; anything else is refused."""
+    kinds = [s.strip() for value in sidecars.sidecar for s in value.split(",") if s.strip()]
+    for s in kinds:
+        if s not in ("txt", "xmp"):
+            raise CSRAError(f"--sidecar {s!r}: use txt, xmp or txt,xmp")
+    if sidecars.xmp_name not in ("full", "stem"):
+        raise CSRAError("--xmp-name: use full or stem")
+    return kinds
 
+
+def check_streams(inputs, output) -> None:
+    """What stdin and stdout can be asked for, refused before any work."""
+    if output.resume and output.out == "-":
+        raise CSRAError("--resume continues an output file; give --out FILE")
+    if output.resume and output.overwrite:
+        raise CSRAError("--resume and --overwrite contradict each other; pick one")
+    if inputs.inputs.count("-") > 1:
+        raise CSRAError("'-' (stdin) may be given once")
+    if "-" in inputs.inputs and sys.stdin is None:
+        raise CSRAError("'-' reads paths from stdin, but stdin is closed")
+    if inputs.null and "-" not in inputs.inputs:
+        raise CSRAError("--null is about paths on stdin; give - as an input")
+    if output.out == "-" and sys.stdout is None:
+        raise CSRAError("stdout is closed; give --out FILE")
+
+
+def check_uris(inputs, run: RunSpec, kinds: list[str]) -> None:
+    """URI inputs are read by a cluster's workers, and have no folder for sidecars."""
+    from ..data.remote import is_uri
+
+    uris = [a for a in inputs.inputs if is_uri(a)]
+    if uris and run.engine != "ray":
+        raise CSRAError(f"{uris[0]}: URI inputs are listed here and read by the cluster's workers; add --engine ray")
+    if uris and kinds:
+        raise CSRAError(f"{uris[0]}: sidecars are written beside local images; leave out --sidecar for URI inputs")
+    check_inputs_exist([a for a in inputs.inputs if not is_uri(a)])
+
+
+def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool):
     from ..console import start_progress
     from ..data.inputs import expand_inputs
-    from ..data.remote import is_uri
     from ..engine.device import set_threads
-    from ..engine.tagging import class_subset, read_thresholds_file, run_tagging
+    from ..engine.tagging import TagHooks, policy_for, run_tagging
     from ..results.sidecars import SidecarWriter
     from ..results.sinks import FileSink, StreamSink, format_for, read_output
 
-    sidecar = [s.strip() for value in sidecar for s in value.split(",") if s.strip()]
-    for s in sidecar:
-        if s not in ("txt", "xmp"):
-            raise CSRAError(f"--sidecar {s!r}: use txt, xmp or txt,xmp")
-    if xmp_name not in ("full", "stem"):
-        raise CSRAError("--xmp-name: use full or stem")
-    if resume and out == "-":
-        raise CSRAError("--resume continues an output file; give --out FILE")
-    if resume and overwrite:
-        raise CSRAError("--resume and --overwrite contradict each other; pick one")
-    if inputs.count("-") > 1:
-        raise CSRAError("'-' (stdin) may be given once")
-    if "-" in inputs and sys.stdin is None:
-        raise CSRAError("'-' reads paths from stdin, but stdin is closed")
-    if null and "-" not in inputs:
-        raise CSRAError("--null is about paths on stdin; give - as an input")
-    if out == "-" and sys.stdout is None:
-        raise CSRAError("stdout is closed; give --out FILE")
-    fmt = format_for(out, fmt)
-    page = check_report_path(report, out)
+    kinds = sidecar_kinds(sidecars)
+    check_streams(inputs, output)
+    out = output.out
+    fmt = format_for(out, output.fmt)
+    page = check_report_path(output.report, out)
     streamed: list[dict] = []  # the records for --report when they go to stdout
-    uris = [a for a in inputs if is_uri(a)]
-    if uris and engine != "ray":
-        raise CSRAError(f"{uris[0]}: URI inputs are listed here and read by the cluster's workers; add --engine ray")
-    if uris and sidecar:
-        raise CSRAError(f"{uris[0]}: sidecars are written beside local images; leave out --sidecar for URI inputs")
-    check_inputs_exist([a for a in inputs if not is_uri(a)])
+    check_uris(inputs, run, kinds)
     check_output(out)
     started = time.time()
-    workers = resolve_workers(workers)
-    spec = ray_spec_for(engine, model, backend, device, precision, arch, heads, lam, class_names, tta)
+    check_engine(run)
     set_threads()
-    runner = runner_for(model, backend, device, precision, arch, heads, lam, class_names, tta)
+    runner = runner_for(run)
     preparing = time.time() - started  # loading, and a first-use ONNX export: part of the elapsed time
-    names = runner.card.classes
-    # --threshold sets every class; the card's per-class thresholds apply only without a flag
-    per_class = (np.full(len(names), threshold, dtype=np.float64) if threshold is not None
-                 else np.array(runner.card.class_thresholds(), dtype=np.float64))
-    if thresholds:
-        table = read_thresholds_file(thresholds, names)
-        per_class = np.array([table.get(c, t) for c, t in zip(names, per_class)])
-    allowed = class_subset(classes, names)
-    sink = (StreamSink(fmt, names if scores else None) if out == "-"
-            else FileSink(Path(out), fmt, names if scores else None, resume, overwrite))
+    policy = policy_for(runner.card, selection)
+    columns = runner.card.classes if selection.scores else None
+    sink = (StreamSink(fmt, columns) if out == "-"
+            else FileSink(Path(out), fmt, columns, output.resume, output.overwrite))
     if sink.retrying:
         info(f"trying again {sink.retrying} image(s) that failed in the earlier run")
     warnings: list[str] = []
     total = None
-    if not quiet and "-" not in inputs:
-        total = sum(1 for _ in expand_inputs(inputs, recursive)) - len(sink.done)
+    if not quiet and "-" not in inputs.inputs:
+        total = sum(1 for _ in expand_inputs(inputs.inputs, inputs.recursive)) - len(sink.done)
 
-    sidecars = SidecarWriter(sidecar, xmp_name, overwrite_sidecars)
+    writer = SidecarWriter(kinds, sidecars.xmp_name, sidecars.overwrite_sidecars)
 
     def on_record(rec):
         if page and out == "-":
             streamed.append(rec)
         if rec["error"]:
             return
-        for problem in sidecars.write(rec["path"], rec["tags"]):
+        for problem in writer.write(rec["path"], rec["tags"]):
             warn(f"{rec['path']}: {problem}")
 
-    paths = expand_inputs(inputs, recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)), null=null)
+    paths = expand_inputs(inputs.inputs, inputs.recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)),
+                          null=inputs.null)
     progress = start_progress(total, "tagging", quiet)
-    common = dict(batch_size=batch_size, top_k=top_k, allowed=allowed, all_scores=scores, on_record=on_record,
-                  progress=progress.advance if progress else None, skip=sink.done)
+    hooks = TagHooks(on_record=on_record, progress=progress.advance if progress else None, skip=sink.done)
     try:
-        if spec is None:
-            stats = run_tagging(runner, paths, [sink], per_class, workers=workers, **common)
+        if run.engine == "local":
+            stats = run_tagging(runner, paths, [sink], policy, run, hooks)
         else:
             from ..engine.ray_engine import run_tagging_ray
 
-            stats = run_tagging_ray(runner, spec, paths, [sink], per_class, address=ray_address, **common)
+            stats = run_tagging_ray(runner, paths, [sink], policy, run, hooks)
     except BaseException as exc:
         if progress:
             progress.stop()

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from ..cpu import cpu_cores
+from ..models.loading import load_spec
+from .run_spec import RunSpec
 
 
 def peak_rss_mb() -> float:
@@ -217,17 +219,17 @@ def tag_agreement(ours: dict, reference: dict, thresholds: np.ndarray) -> float:
     return round(100.0 * same / len(common), 2)
 
 
-def _precision_twin(runner, model_name, precision: str):
+def _precision_twin(runner, run: RunSpec):
     """The same model in the other CPU precision (int8 for an fp32 onnxruntime run, fp32 for an
     int8 one) as (precision, runner); None where there is no int8 export of it."""
-    from .runners import OnnxRunner, make_runner
+    from .runners import OnnxRunner, build_runner
 
     other = {"fp32": "int8", "int8": "fp32"}.get(getattr(runner, "precision", ""))
-    if (not isinstance(runner, OnnxRunner) or other is None or precision not in ("auto", "fp32", "int8")
-            or (model_name or "").endswith(".onnx")):
+    if (not isinstance(runner, OnnxRunner) or other is None or run.precision not in ("auto", "fp32", "int8")
+            or run.model.is_onnx):
         return None
     try:
-        twin = make_runner(model_name, "auto", "cpu", other)
+        twin = build_runner(run.model, RunSpec(models=run.models, device="cpu", precision=other))
     except Exception:  # no int8 export: nothing to compare
         return None
     ok = isinstance(twin, OnnxRunner) and twin.precision == other and twin.path != runner.path
@@ -261,16 +263,18 @@ def bench_int8_vs_fp32(runners: dict, batch_size: int, rounds: int = 4) -> dict:
             "int8_vs_fp32_model_only": round(ratio, 2)}
 
 
-def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: int, workers: int, device: str,
-              precision: str, backend: str, baselines: bool = True, log=None, whole_process: bool = False) -> dict:
-    from ..models.loading import load_model
-    from .runners import make_runner, precision_of
+def run_bench(run: RunSpec, images: list[str] | None, synthetic: int, baselines: bool = True, log=None,
+              whole_process: bool = False) -> dict:
+    """``run``'s model as it says to run it (its ``workers`` already resolved), on ``images`` or
+    ``synthetic`` generated ones."""
+    from .runners import build_runner, precision_of
 
     tmp = None
     if not images:
         tmp = tempfile.TemporaryDirectory(prefix="csra-bench-")
         images = synthetic_images(synthetic, Path(tmp.name))
-    runner = make_runner(model_name, backend, device, precision)
+    model_name, batch_size, workers, precision = run.model.source, run.batch_size, run.workers, run.precision
+    runner = build_runner(run.model, run)
     card = runner.card
     say = log or (lambda m: None)
     result = {"model": card.name, "arch": card.arch, "input_size": card.input_size,
@@ -285,17 +289,17 @@ def run_bench(model_name, images: list[str] | None, synthetic: int, batch_size: 
     say("end to end (ours) …")
     bench_pipeline(runner, images[: min(len(images), batch_size * 2)], batch_size, workers)  # warm-up
     result["end_to_end"], ours = bench_pipeline(runner, images, batch_size, workers)
-    twin = _precision_twin(runner, model_name, precision)
+    twin = _precision_twin(runner, run)
     if twin is not None:  # the same model in the other CPU precision, for the speed ratio
         say("model only, int8 against fp32 (alternating) …")
         result.update(bench_int8_vs_fp32({result["runner_precision"]: runner, twin[0]: twin[1]}, batch_size))
-    if whole_process and backend == "auto" and not (model_name or "").endswith(".onnx"):
+    if whole_process and run.backend == "auto" and not run.model.is_onnx:
         say("whole process: csra tag …")
         result["whole_process"] = bench_whole_process(model_name, images, precision, batch_size, workers)
         say("start-up …")
         result["startup"] = bench_startup(model_name, images[0], precision)
-    if baselines and not (model_name or "").endswith(".onnx"):  # PyTorch loops of the same model
-        torch_model = load_model(model_name)
+    if baselines and not run.model.is_onnx:  # PyTorch loops of the same model
+        torch_model = load_spec(run.model)
         torch.set_num_threads(cpu_cores())  # the baselines run in PyTorch
         say("baseline: demo-style loop …")
         result["demo_style"] = bench_demo_style(torch_model, images)

@@ -13,14 +13,15 @@ import contextlib
 import io
 import logging
 import os
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from ..data.remote import is_uri, read_uri
 from ..errors import CSRAError
-from .tagging import TagStats, deliver, image_record, pending, record_stamp
+from ..models.spec import ModelSpec
+from .run_spec import RunSpec
+from .tagging import TagHooks, TagPolicy, TagStats, deliver, image_record, pending, record_stamp
 
 INSTALL_HINT = "pip install 'csra[ray]'"
 
@@ -34,19 +35,14 @@ def require_ray():
     return ray
 
 
-def model_spec(model, backend="auto", device="auto", precision="auto", arch=None, heads=None, lam=None,
-               class_names=None, tta=False) -> dict:
-    """What each actor passes to make_runner. Local files become absolute paths (workers start
-    elsewhere), and ``auto`` takes this machine's CSRA_BACKEND, so the driver's choice holds."""
-    def absolute(p):
-        return str(Path(p).resolve()) if p and not is_uri(p) and Path(p).exists() else p
-
-    if backend == "auto":
-        backend = os.environ.get("CSRA_BACKEND", "auto")
-    if device.startswith("cuda"):
-        device = "cuda"  # Ray gives each actor its own GPU, which it sees as cuda:0
-    return {"model": absolute(model), "backend": backend, "device": device, "precision": precision,
-            "arch": arch, "heads": heads, "lam": lam, "class_names": absolute(class_names), "tta": tta}
+def for_actors(model: ModelSpec, run: RunSpec) -> tuple[ModelSpec, RunSpec]:
+    """What each actor builds its runner from. Local files become absolute paths (workers start
+    elsewhere), and ``auto`` takes this machine's CSRA_BACKEND, so the driver's choice holds;
+    the actor runs one model on its batches, undecoded work and Ray's address stay here."""
+    backend = os.environ.get("CSRA_BACKEND", "auto") if run.backend == "auto" else run.backend
+    device = "cuda" if run.device.startswith("cuda") else run.device  # Ray gives each actor its own GPU: cuda:0
+    model = model.portable()
+    return model, RunSpec(models=(model,), backend=backend, device=device, precision=run.precision, tta=run.tta)
 
 
 @contextlib.contextmanager
@@ -98,15 +94,15 @@ def decode_batch(batch: dict, pre) -> dict:
 
 class ScoreBatch:
     """An actor of the model pool: loads the model once, then scores batch after batch.
-    ``scorer_for`` makes a subclass that holds the model spec, so a restarted actor needs
-    nothing from the object store."""
+    ``scorer_for`` makes a subclass that holds the model and run values (frozen, pickled with
+    the class), so a restarted actor needs nothing from the object store."""
 
-    spec: dict = {}
+    spec: tuple[ModelSpec, RunSpec] = (ModelSpec(), RunSpec())
 
     def __init__(self):
-        from .runners import make_runner
+        from .runners import build_runner
 
-        self.runner = make_runner(**self.spec)
+        self.runner = build_runner(*self.spec)
 
     def __call__(self, batch: dict) -> dict:
         errors = batch["error"]
@@ -117,23 +113,23 @@ class ScoreBatch:
         return {"path": batch["path"], "error": errors, "probs": probs}
 
 
-def scorer_for(spec: dict) -> type:
-    return type("ScoreBatch", (ScoreBatch,), {"spec": dict(spec)})
+def scorer_for(spec: tuple[ModelSpec, RunSpec]) -> type:
+    return type("ScoreBatch", (ScoreBatch,), {"spec": spec})
 
 
-def pool_options(ray, spec: dict) -> dict:
+def pool_options(ray, spec: tuple[ModelSpec, RunSpec]) -> dict:
     """One actor per GPU where the cluster has GPUs (and the device allows them), else one
     CPU actor per machine: a CPU model already uses every core of its machine."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus and spec["device"] in ("auto", "cuda"):
+    if gpus and spec[1].device in ("auto", "cuda"):
         return {"compute": ray.data.ActorPoolStrategy(size=gpus), "num_gpus": 1}
     machines = sum(1 for n in ray.nodes() if n.get("Alive"))
     return {"compute": ray.data.ActorPoolStrategy(size=max(machines, 1)), "num_cpus": 1}
 
 
-def score_on_ray(ray, spec: dict, pre, paths: list[str], batch_size: int
-                 ) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
+def score_on_ray(ray, run: RunSpec, pre, paths: list[str]) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
     """(paths, probabilities with NaN rows where unreadable, errors) per batch, in input order."""
+    batch_size, spec = run.batch_size, for_actors(run.model, run)
     if not paths:
         return
     ctx = ray.data.DataContext.get_current()
@@ -153,38 +149,35 @@ def score_on_ray(ray, spec: dict, pre, paths: list[str], batch_size: int
         yield [str(p) for p in batch["path"]], np.asarray(batch["probs"]), [str(e or "") for e in batch["error"]]
 
 
-def run_tagging_ray(runner, spec: dict, paths: Iterable[str], sinks: list, thresholds: np.ndarray, *,
-                    batch_size: int = 16, top_k: int | None = None, allowed: np.ndarray | None = None,
-                    all_scores: bool = False, on_record: Callable[[dict], None] | None = None,
-                    progress: Callable[[int], None] | None = None, skip: set[str] | None = None,
-                    address: str | None = None) -> TagStats:
-    """``run_tagging`` on a Ray cluster: the same records, sinks, hooks and statistics."""
+def run_tagging_ray(runner, paths: Iterable[str], sinks: list, policy: TagPolicy, run: RunSpec,
+                    hooks: TagHooks = TagHooks()) -> TagStats:
+    """``run_tagging`` on the Ray cluster at ``run.ray_address``: the same records, sinks, hooks
+    and statistics."""
     classes = runner.card.classes
     stats = TagStats()
-    todo = list(pending(paths, skip, stats))  # only what the journal does not have yet goes to the cluster
-    with ray_session(address) as ray:
-        for batch_paths, probs, errors in score_on_ray(ray, spec, runner.pre, todo, batch_size):
+    todo = list(pending(paths, hooks.skip, stats))  # only what the journal does not have yet goes to the cluster
+    with ray_session(run.ray_address) as ray:
+        for batch_paths, probs, errors in score_on_ray(ray, run, runner.pre, todo):
             stamp = record_stamp(runner)
             for path, p, error in zip(batch_paths, probs, errors):
-                deliver(image_record(path, None if error else p, error, classes, thresholds, top_k, allowed,
-                                     all_scores, stamp), sinks, stats, on_record)
+                deliver(image_record(path, None if error else p, error, classes, policy, stamp), sinks, stats,
+                        hooks.on_record)
             for sink in sinks:
                 sink.flush()
-            if progress:
-                progress(len(batch_paths))
+            if hooks.progress:
+                hooks.progress(len(batch_paths))
     return stats
 
 
-def score_images_ray(runner, spec: dict, paths: list[str], batch_size: int,
-                     progress: Callable[[int], None] | None = None, address: str | None = None
+def score_images_ray(runner, paths: list[str], run: RunSpec, progress: Callable[[int], None] | None = None
                      ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """``score_images`` on a Ray cluster: (N, C) probabilities in the order of ``paths`` (NaN rows
     for unreadable images) and the (path, reason) of each of those."""
     scores = np.full((len(paths), len(runner.card.classes)), np.nan, dtype=np.float32)
     failures: list[tuple[str, str]] = []
     row = 0
-    with ray_session(address) as ray:
-        for batch_paths, probs, errors in score_on_ray(ray, spec, runner.pre, list(paths), batch_size):
+    with ray_session(run.ray_address) as ray:
+        for batch_paths, probs, errors in score_on_ray(ray, run, runner.pre, list(paths)):
             scores[row:row + len(batch_paths)] = probs
             failures += [(p, e) for p, e in zip(batch_paths, errors) if e]
             row += len(batch_paths)

@@ -16,8 +16,10 @@ import numpy as np
 
 from ..cpu import cpu_cores
 from ..models.card import ModelCard, ModelFiles, model_files
+from ..models.spec import ModelSpec
 from ..data.preprocess import Preprocess
 from .device import autocast_dtype, pick_device, runs_on_cpu
+from .run_spec import RunSpec
 
 # What --precision auto means on the CPU. int8 would need both goals of benchmarks/RESULTS.md
 # (mAP drop <= 0.3 points, >= 1.8x fp32's model-only speed); see there for why it is fp32.
@@ -303,7 +305,7 @@ def precision_runner(files: ModelFiles, card: ModelCard, precision: str) -> Onnx
 _refused: set[tuple] = set()
 
 
-def fast_runner(model: str | None, precision: str = "auto", lam: float | None = None) -> OnnxRunner | None:
+def fast_runner(model: ModelSpec, precision: str = "auto") -> OnnxRunner | None:
     """onnxruntime on the CPU straight from an export of the asked precision (shipped or cached),
     without torch: for a model in our format; None where there is no such export."""
     try:
@@ -312,7 +314,7 @@ def fast_runner(model: str | None, precision: str = "auto", lam: float | None = 
         return None
     from ..models.loading import find_card
 
-    found = find_card(model, lam)
+    found = find_card(model)
     if found is None:
         return None
     files, card = found
@@ -329,14 +331,21 @@ def int8_missing(name: str) -> str:
             "--calibrate-on IMAGES' (100-200 images like the ones to tag)")
 
 
-def make_runner(model: str | None, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                arch=None, heads=None, lam=None, class_names=None, tta: bool = False):
-    """The runner for a model name or file. auto: onnxruntime on the CPU (a cached, verified
-    export of the model, found without importing torch when it is there), PyTorch elsewhere;
-    onnx: an exported ``.onnx`` file. int8: the cached quantised export (CPU only).
-    ``tta``: average each image's scores with its mirror image's."""
-    runner = _make_runner(model, backend, device, precision, arch, heads, lam, class_names)
-    return FlipAveraged(runner) if tta else runner
+def build_runner(model: ModelSpec, run: RunSpec):
+    """The runner of ``model`` as ``run`` says (backend, device, precision, TTA). auto:
+    onnxruntime on the CPU (a cached, verified export of the model, found without importing
+    torch when it is there), PyTorch elsewhere; onnx: an exported ``.onnx`` file. int8: the
+    cached or shipped quantised export (CPU only). TTA averages each image's scores with its
+    mirror image's."""
+    runner = _build_runner(model, run.backend, run.device, run.precision)
+    return FlipAveraged(runner) if run.tta else runner
+
+
+def make_runner(model: str | None = None, backend: str = "auto", device: str = "auto", precision: str = "auto",
+                **model_options):
+    """``build_runner`` from loose values, for scripts: ``model_options`` are ModelSpec's
+    (arch, heads, lam, class_names)."""
+    return build_runner(ModelSpec(model, **model_options), RunSpec(backend=backend, device=device, precision=precision))
 
 
 def _onnx_file_runner(path: str, device: str) -> OnnxRunner:
@@ -344,37 +353,38 @@ def _onnx_file_runner(path: str, device: str) -> OnnxRunner:
     return cpu_runner(path, None) if runs_on_cpu(device) else OnnxRunner(path, device)
 
 
-def _make_runner(model, backend, device, precision, arch, heads, lam, class_names):
+def _build_runner(model: ModelSpec, backend: str, device: str, precision: str):
     from ..errors import CSRAError
-    from ..models.loading import load_model, resolve
+    from ..models.loading import load_spec, resolve_spec
     from .device import parse_device
 
     device = parse_device(device)
     backend = os.environ.get("CSRA_BACKEND", "auto") if backend == "auto" else backend
     if backend == "onnx":
-        if not model or not model.endswith(".onnx"):
+        if not model.is_onnx:
             raise CSRAError("--backend onnx needs --model FILE.onnx (make one with 'csra export --onnx')")
-        if not Path(model).is_file():
-            raise CSRAError(f"{model}: no such file")
-        return _onnx_file_runner(model, device)
+        if not Path(model.source).is_file():
+            raise CSRAError(f"{model.source}: no such file")
+        return _onnx_file_runner(model.source, device)
     if backend not in ("auto", "torch"):
         raise CSRAError(f"--backend {backend!r}: use auto, torch or onnx")
-    if model and model.endswith(".onnx"):
-        return _onnx_file_runner(model, device)
+    if model.is_onnx:
+        return _onnx_file_runner(model.source, device)
     on_cpu = runs_on_cpu(device)
     if precision == "int8" and (backend == "torch" or not on_cpu):
         raise CSRAError("--precision int8 runs through onnxruntime on the CPU: use --device cpu and --backend auto")
+    model = resolve_spec(model)  # once: the fast path, the weights and the model read it
     if backend == "auto" and on_cpu and precision in ("auto", "fp32", "int8"):
-        runner = fast_runner(model, precision, lam)
+        runner = fast_runner(model, precision)
         if runner is not None:
             return runner
-    m = load_model(model, arch=arch, num_heads=heads, lam=lam, classes=class_names)
-    files = model_files(resolve(model)[0])
+    m = load_spec(model)
+    files = model_files(model.path)
     weights = files.weights
     if precision == "int8":
         runner = precision_runner(files, m.card, "int8")
         if runner is None:
-            raise CSRAError(int8_missing(model or m.card.name))
+            raise CSRAError(int8_missing(model.source or m.card.name))
         return runner
     if backend == "torch":
         return TorchRunner(m, device, precision)

@@ -6,13 +6,16 @@ import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
 from ..data.loader import DecodePool, LoaderStats, stream_batches
 from ..errors import CSRAError
 from ..results.sinks import make_record
+
+if TYPE_CHECKING:
+    from .run_spec import RunSpec
 
 
 @dataclass
@@ -33,28 +36,60 @@ class TagStats:
         return (self.tagged + self.failed) / max(self.elapsed, 1e-9)
 
 
-def choose_tags(probs: np.ndarray, classes: list[str], thresholds: np.ndarray, top_k: int | None,
-                allowed: np.ndarray | None) -> list[int]:
+@dataclass(frozen=True, eq=False)
+class TagPolicy:
+    """How scores become an image's tags: each class's threshold, at most ``top_k`` (best
+    first), only the ``allowed`` classes (None: all), and whether records keep every score."""
+
+    thresholds: np.ndarray
+    top_k: int | None = None
+    allowed: np.ndarray | None = None
+    all_scores: bool = False
+
+
+@dataclass(frozen=True)
+class TagHooks:
+    """What a tag run calls besides the sinks: per record (sidecars), per batch (progress), and
+    the images to leave out (an output's finished ones)."""
+
+    on_record: Callable[[dict], None] | None = None
+    progress: Callable[[int], None] | None = None
+    skip: set[str] | None = None
+
+
+def policy_for(card, selection) -> TagPolicy:
+    """The policy a command's selection options (threshold, thresholds, top_k, classes, scores)
+    make for a model: --threshold sets every class; the card's per-class thresholds apply only
+    without it; a thresholds file overrides the classes it names."""
+    names = card.classes
+    per_class = (np.full(len(names), selection.threshold, dtype=np.float64) if selection.threshold is not None
+                 else np.array(card.class_thresholds(), dtype=np.float64))
+    if selection.thresholds:
+        table = read_thresholds_file(selection.thresholds, names)
+        per_class = np.array([table.get(c, t) for c, t in zip(names, per_class)])
+    return TagPolicy(per_class, selection.top_k, class_subset(selection.classes, names), selection.scores)
+
+
+def choose_tags(probs: np.ndarray, policy: TagPolicy) -> list[int]:
     """Class indices above their thresholds, best first, at most top_k, within the allowed ones."""
-    ok = probs >= thresholds
-    if allowed is not None:
-        ok &= allowed
+    ok = probs >= policy.thresholds
+    if policy.allowed is not None:
+        ok &= policy.allowed
     idx = np.nonzero(ok)[0]
     idx = idx[np.argsort(-probs[idx], kind="mergesort")]
-    return idx[:top_k].tolist() if top_k else idx.tolist()
+    return idx[:policy.top_k].tolist() if policy.top_k else idx.tolist()
 
 
-def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[str], thresholds: np.ndarray,
-                 top_k: int | None = None, allowed: np.ndarray | None = None, all_scores: bool = False,
+def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[str], policy: TagPolicy,
                  stamp: dict | None = None) -> dict:
     """The record of one image from its probabilities (or the reason it could not be read);
     every engine builds its records here, so they are the same whichever ran the model.
     ``stamp``: the model's name and the time (kept for the SQLite output)."""
     if error:
         return make_record(path, [], {}, error, **(stamp or {}))
-    chosen = choose_tags(probs, classes, thresholds, top_k, allowed)
+    chosen = choose_tags(probs, policy)
     return make_record(path, [classes[c] for c in chosen], {classes[c]: round(float(probs[c]), 6) for c in chosen},
-                       "", {c: round(float(s), 6) for c, s in zip(classes, probs)} if all_scores else None,
+                       "", {c: round(float(s), 6) for c, s in zip(classes, probs)} if policy.all_scores else None,
                        **(stamp or {}))
 
 
@@ -90,24 +125,23 @@ def pending(paths: Iterable[str], skip, stats: TagStats) -> Iterator[str]:
             yield p
 
 
-def run_tagging(runner, paths: Iterable[str], sinks: list, thresholds: np.ndarray, *, batch_size: int = 16,
-                workers: int = 2, top_k: int | None = None, allowed: np.ndarray | None = None,
-                all_scores: bool = False, on_record: Callable[[dict], None] | None = None,
-                progress: Callable[[int], None] | None = None, skip: set[str] | None = None) -> TagStats:
+def run_tagging(runner, paths: Iterable[str], sinks: list, policy: TagPolicy, run: "RunSpec",
+                hooks: TagHooks = TagHooks()) -> TagStats:
+    """Tag ``paths`` on this machine: decoding in ``run.workers`` processes, batches of
+    ``run.batch_size`` through ``runner``, each record to the sinks."""
     stats = TagStats()
     waits = LoaderStats()
-    with DecodePool(runner.pre, workers) as pool:  # one pool for the whole run
-        for _, batch_paths, batch, errors in stream_batches(pending(paths, skip, stats), runner.pre, batch_size,
-                                                            pool=pool, stats=waits):
-            _emit(runner, batch_paths, batch, errors, stats, sinks, thresholds, top_k, allowed, all_scores, on_record)
-            if progress:
-                progress(len(batch_paths))
+    with DecodePool(runner.pre, run.resolved_workers) as pool:  # one pool for the whole run
+        for _, batch_paths, batch, errors in stream_batches(pending(paths, hooks.skip, stats), runner.pre,
+                                                            run.batch_size, pool=pool, stats=waits):
+            _emit(runner, batch_paths, batch, errors, stats, sinks, policy, hooks.on_record)
+            if hooks.progress:
+                hooks.progress(len(batch_paths))
     stats.model_idle = waits.idle_share
     return stats
 
 
-def _emit(runner, batch_paths, batch, errors, stats: TagStats, sinks, thresholds, top_k, allowed, all_scores,
-          on_record) -> None:
+def _emit(runner, batch_paths, batch, errors, stats: TagStats, sinks, policy: TagPolicy, on_record) -> None:
     """Score one decoded batch and hand its records to the sinks."""
     classes = runner.card.classes
     good = [i for i, e in enumerate(errors) if not e]
@@ -115,8 +149,7 @@ def _emit(runner, batch_paths, batch, errors, stats: TagStats, sinks, thresholds
     row = {i: r for r, i in enumerate(good)}
     stamp = record_stamp(runner)
     for i, path in enumerate(batch_paths):
-        rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, thresholds,
-                           top_k, allowed, all_scores, stamp)
+        rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, policy, stamp)
         deliver(rec, sinks, stats, on_record)
     for sink in sinks:
         sink.flush()

@@ -4,11 +4,13 @@
 model's card (and its cached export) without it; loading weights imports torch on first use."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import registry
 from .card import ModelCard, ModelFiles, model_files, weights_mismatch
+from .spec import ModelSpec
 from ..data.classes import resolve_classes
 from ..errors import CheckpointError, ModelNotFound
 
@@ -93,10 +95,10 @@ def load_csra(path: str | Path, **overrides) -> "CSRAModel":
     return model_from_card(_apply_overrides(card, overrides), state, str(path))
 
 
-def find_card(name_or_path: str | None = None, lam: float | None = None) -> tuple[ModelFiles, ModelCard] | None:
+def find_card(model: ModelSpec) -> tuple[ModelFiles, ModelCard] | None:
     """The files and card of a model in our format (.safetensors + card), without torch;
     None for an official checkpoint (its card comes from its keys) or an unreadable card."""
-    path, _ = resolve(name_or_path)
+    path = resolve_spec(model).path
     if path.suffix not in (".safetensors", ".json"):
         return None
     try:
@@ -106,7 +108,7 @@ def find_card(name_or_path: str | None = None, lam: float | None = None) -> tupl
     files = model_files(path, card)
     if not files.weights.is_file() or weights_mismatch(path, files.card, card):
         return None  # loading says why
-    return files, _apply_overrides(card, {"lam": lam})
+    return files, _apply_overrides(card, {"lam": model.lam})
 
 
 def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
@@ -142,6 +144,22 @@ def resolve(name_or_path: str | None) -> tuple[Path, dict | None]:
     return found, entry
 
 
+def resolve_spec(model: ModelSpec) -> ModelSpec:
+    """The spec with the file its source names and that file's registry entry (``resolve``),
+    looked up once: a spec already resolved is returned as it is."""
+    if model.path is not None:
+        return model
+    path, entry = resolve(model.source)
+    return replace(model, path=path, entry=entry)
+
+
+def load_spec(model: ModelSpec) -> "CSRAModel":
+    """The PyTorch model a ModelSpec names (``load_model`` with its options)."""
+    model = resolve_spec(model)
+    return _load_resolved(model.path, model.entry, arch=model.arch, num_heads=model.heads, lam=model.lam,
+                          classes=model.class_names)
+
+
 def load_model(name_or_path: str | None = None, device: "str | torch.device | None" = None,
                arch: str | None = None, num_heads: int | None = None, lam: float | None = None,
                classes=None, **overrides) -> "CSRAModel":
@@ -151,18 +169,22 @@ def load_model(name_or_path: str | None = None, device: "str | torch.device | No
     or an official ``.pth`` (then ``arch``, ``num_heads``, ``lam``, ``classes`` complete what the
     keys cannot tell)."""
     path, entry = resolve(name_or_path)
-    if path.suffix in (".safetensors", ".json"):
-        model = load_csra(path, lam=lam, **overrides)
-    else:
-        if entry is not None:  # a downloaded official release: the registry knows its settings
-            arch = arch or entry.get("arch")
-            lam = entry.get("lam") if lam is None else lam
-            classes = classes or entry.get("classes")
-            overrides.setdefault("name", entry["name"])
-            for key in ("input_size", "mean", "std"):
-                if key in entry:
-                    overrides.setdefault(key, entry[key])
-        model = load_official(path, arch=arch, num_heads=num_heads, lam=lam, classes=classes, **overrides)
+    model = _load_resolved(path, entry, arch=arch, num_heads=num_heads, lam=lam, classes=classes, **overrides)
     if device is not None:
         model.to(device)
     return model
+
+
+def _load_resolved(path: Path, entry: dict | None, arch=None, num_heads=None, lam=None, classes=None,
+                   **overrides) -> "CSRAModel":
+    if path.suffix in (".safetensors", ".json"):
+        return load_csra(path, lam=lam, **overrides)
+    if entry is not None:  # a downloaded official release: the registry knows its settings
+        arch = arch or entry.get("arch")
+        lam = entry.get("lam") if lam is None else lam
+        classes = classes or entry.get("classes")
+        overrides.setdefault("name", entry["name"])
+        for key in ("input_size", "mean", "std"):
+            if key in entry:
+                overrides.setdefault(key, entry[key])
+    return load_official(path, arch=arch, num_heads=num_heads, lam=lam, classes=classes, **overrides)
