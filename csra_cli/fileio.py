@@ -1,6 +1,7 @@
 """Writing files so that nothing is lost: a temporary file beside the target, fsync, rename."""
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -72,6 +73,36 @@ def atomic_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
 def temp_leftovers(path: Path, suffix: str = ".tmp") -> list[Path]:
     """Temporaries of ``atomic_temp(path)`` that a killed run left behind."""
     return [p for p in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}") if p.is_file()]
+
+
+class NotOwnFile(OSError):
+    """A path csra keeps its own state in (journal, lock, manifest) is a symlink, not a regular
+    file, or another user's: refused rather than written through (a link planted in /tmp)."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_own(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """os.open for csra's own state files: never through a symlink (O_NOFOLLOW), and only a
+    regular file owned by this user; else ``NotOwnFile`` naming the path."""
+    why = "not csra's own file (a symlink, not a regular file, or another user's); remove it"
+    try:
+        fd = os.open(path, flags | _O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0), mode)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or (exc.errno == errno.ENXIO and os.path.islink(path)):
+            raise NotOwnFile(exc.errno, why, str(path)) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        os.close(fd)
+        raise NotOwnFile(errno.EPERM, why, str(path))
+    if getattr(os, "O_NONBLOCK", 0):  # only so that opening a planted FIFO cannot block; files don't care
+        os.set_blocking(fd, True)
+    return fd
 
 
 def fsync_file(path: str | Path) -> None:

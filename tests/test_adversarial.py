@@ -209,14 +209,16 @@ def test_unusable_folder_entries_are_reported(tmp_path, tiny_model_path):
         assert needle in res.stderr, needle
 
 
+# A user's XMP into which an earlier csra run put {stale} (recorded in csra:subjects, as csra does).
 XMP_USER = """<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
 <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="3"/>
 <rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"
-  xmlns:lr="http://ns.adobe.com/lightroom/1.0/">
+  xmlns:lr="http://ns.adobe.com/lightroom/1.0/" xmlns:csra="http://csra.invalid/ns/xmp/1.0/">
 <!-- keep me -->
 <dc:subject><rdf:Seq><rdf:li>holiday</rdf:li><rdf:li>{stale}</rdf:li></rdf:Seq></dc:subject>
 <lr:hierarchicalSubject><rdf:Bag><rdf:li>Places|Rome</rdf:li><rdf:li>CSRA|{stale}</rdf:li></rdf:Bag></lr:hierarchicalSubject>
+<csra:subjects><rdf:Bag><rdf:li>{stale}</rdf:li></rdf:Bag></csra:subjects>
 </rdf:Description></rdf:RDF></x:xmpmeta>
 <?xpacket end="w"?>
 """

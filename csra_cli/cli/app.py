@@ -7,6 +7,7 @@ here too. Nothing here imports torch.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Annotated, Optional
@@ -165,6 +166,19 @@ def check_output(path, flag: str = "--out") -> None:
     parent = Path(path).expanduser().absolute().parent
     if not parent.is_dir():
         raise CSRAError(f"{flag} {path}: the folder {parent} does not exist")
+
+
+@contextlib.contextmanager
+def writing_into_cache():
+    """Writing a model into $CSRA_HOME: a folder that cannot take it (read-only, full, not
+    yours) is one line naming it and the way out, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        from ..models.registry import cache_dir
+
+        raise CSRAError(f"cannot write into {cache_dir()} ({exc.strerror or exc}); "
+                        "set CSRA_HOME to a folder you can write") from exc
 
 
 def warn_official_settings(model: ModelSpec) -> None:

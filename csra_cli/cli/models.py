@@ -9,7 +9,7 @@ import typer
 
 from ..models import registry
 from ..models.card import heads_text, model_files
-from .app import handle_errors, models_app
+from .app import handle_errors, models_app, writing_into_cache
 from ..console import info, warn
 from ..errors import CSRAError
 
@@ -170,6 +170,7 @@ def models_import(
     model = load_official(checkpoint, arch=arch, num_heads=heads, lam=lam, classes=classes, name=name,
                           input_size=input_size)
     dest = registry.cache_dir() / f"{model.card.name}.safetensors"
-    save_csra(model, model.card, dest)
+    with writing_into_cache():
+        save_csra(model, model.card, dest)
     info(f"imported {checkpoint} as '{model.card.name}' ({model.card.arch}, {heads_text(model.card.num_heads)}, "
          f"{model.card.num_classes} classes) -> {dest}")

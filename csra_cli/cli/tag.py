@@ -67,8 +67,9 @@ def tag(inputs: "TagInputs", output: "TagOutput", run: RunSpec, selection: "TagS
         if exc.errno == errno.EPIPE:  # csra tag ... | head: the reader is gone, nobody to tell
             _silence_stdout()
             raise typer.Exit(EXIT_BROKEN_PIPE)
-        where = f" {exc.filename}" if exc.filename else ""
-        raise CSRAError(f"cannot write{where}: {exc.strerror or exc}") from exc
+        # a write() that fails names no file: it was the output's (its journal, or stdout)
+        where = exc.filename or ("stdout" if output.out == "-" else output.out)
+        raise CSRAError(f"cannot write {where}: {exc.strerror or exc}") from exc
 
 
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE

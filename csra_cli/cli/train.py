@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import DATASET_OPTIONS, app, check_output, handle_errors, in_range, open_selected
+from .app import DATASET_OPTIONS, app, check_output, handle_errors, in_range, open_selected, writing_into_cache
 from ..console import info
 from ..errors import CSRAError
 from ..models.card import heads_text
@@ -68,7 +68,10 @@ RESULT = OptionGroup(
 @SCHEDULE.into("schedule")
 @RESULT.into("result")
 def train(data: "DatasetOptions", validation: "ValidationOptions", network: "NetworkOptions",
-          schedule: "ScheduleOptions", result: "ResultOptions"):
+          schedule: "ScheduleOptions", result: "ResultOptions",
+          allow_missing: Annotated[bool, typer.Option(
+              "--allow-missing", help=f"Train even when more than {MAX_UNREADABLE:.0%} of the images are missing or "
+                                      "unreadable (they are always left out, and listed).")] = False):
     """Fine-tune CSRA; writes our model format with val metrics and per-class thresholds.
 
     Backbone stages before the trainable ones are run once per image (plain and mirrored) and
@@ -91,8 +94,11 @@ def train(data: "DatasetOptions", validation: "ValidationOptions", network: "Net
     if run_size and network.arch.startswith("vit"):
         raise CSRAError("--test-size works with CNN backbones; a ViT's position embeddings fix its input size")
     m, s = normalisation(network)
-    train_set = open_selected(data)
+    train_set, left_out = readable_only(open_selected(data), "training", allow_missing)
     val_set = validation_set(data, validation, train_set)
+    if val_set is not None:
+        val_set, val_left_out = readable_only(val_set, "validation", allow_missing)
+        left_out += val_left_out
     cfg = TrainConfig(arch=network.arch, num_heads=network.heads, lam=network.lam, input_size=network.input_size,
                       test_size=run_size, mean=m, std=s, epochs=schedule.epochs,
                       batch_size=schedule.batch_size, optimizer=schedule.optimizer, lr=schedule.lr,
@@ -104,12 +110,42 @@ def train(data: "DatasetOptions", validation: "ValidationOptions", network: "Net
     set_threads()
     info(f"training {network.arch} ({heads_text(network.heads)}, lambda {network.lam}) at {network.input_size}px"
          f"{f' (run at {run_size}px)' if run_size else ''} on {len(train_set)} images"
-         + (f", validating on {len(val_set)}" if val_set else ""))
-    path, report = run_train(cfg, train_set, val_set, out, name, resume=result.resume, log=info)
+         + (f", validating on {len(val_set)}" if val_set else "")
+         + (f" ({len(left_out)} unreadable left out)" if left_out else ""))
+    extra = {"unreadable_images": {"count": len(left_out), "paths": [p for p, _ in left_out][:1000]}} if left_out else None
+    path, report = run_train(cfg, train_set, val_set, out, name, resume=result.resume, log=info, card_extra=extra)
     if report:
         info(f"val mAP {report['mAP']:.2f}  CF1 {report['CF1']:.2f}  OF1 {report['OF1']:.2f}")
-    registered = register(path)
+    with writing_into_cache():
+        registered = register(path)
     info(f"model written to {path} and registered as {registered.parent}/{name}; use it with --model {name}")
+
+
+# More than this share of a set's images missing or unreadable ends the run (--allow-missing goes on).
+MAX_UNREADABLE = 0.01
+
+
+def readable_only(dataset, role: str, allow_missing: bool):
+    """The set less its missing or unreadable images (a blank image with real labels would teach
+    the model wrong), each named; (set, [(path, why)]). More than a small share is refused."""
+    from ..console import warn
+    from ..data.loader import unreadable
+
+    bad = [(p, why) for p in dataset.paths if (why := unreadable(p))]
+    if not bad:
+        return dataset, []
+    for p, why in bad[:10]:
+        warn(f"{role} image left out: {p} ({why})")
+    if len(bad) > 10:
+        warn(f"… and {len(bad) - 10} more {role} images left out")
+    share = len(bad) / max(len(dataset), 1)
+    if share > MAX_UNREADABLE and not allow_missing:
+        raise CSRAError(f"{len(bad)} of {len(dataset)} {role} images ({share:.1%}) are missing or unreadable, more than "
+                        f"{MAX_UNREADABLE:.0%}; fix the data or pass --allow-missing to train without them")
+    remaining = dataset.without({p for p, _ in bad})
+    if len(remaining) == 0:
+        raise CSRAError(f"none of the {len(dataset)} {role} images can be read")
+    return remaining, bad
 
 
 def trainable_stages(network) -> int | None:

@@ -29,6 +29,11 @@ class LabelledSet:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def without(self, left_out: set[str]) -> "LabelledSet":
+        """The same set less the images at these paths."""
+        keep = [i for i, p in enumerate(self.paths) if p not in left_out]
+        return LabelledSet([self.paths[i] for i in keep], self.labels[keep], self.classes, self.name)
+
 
 def voc_root(root: str | Path) -> Path:
     """Accept VOCdevkit, VOCdevkit/VOC2007 or the folder above VOCdevkit."""
@@ -89,14 +94,20 @@ def read_csv_labels(path: str | Path, sep: str = ";", classes: list[str] | None 
     if not path.is_file():
         raise CSRAError(f"{path}: no such labels file")
     rows = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"path", "tags"} <= set(reader.fieldnames):
-            raise CSRAError(f"{path}: needs the columns path,tags (got {reader.fieldnames})")
-        for r in reader:
-            tags = [t.strip() for t in (r["tags"] or "").split(sep) if t.strip()]
-            p = Path(r["path"])
-            rows.append((str(p if p.is_absolute() else path.parent / p), tags))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"path", "tags"} <= set(reader.fieldnames):
+                raise CSRAError(f"{path}: needs the columns path,tags (got {reader.fieldnames})")
+            for r in reader:
+                tags = [t.strip() for t in (r["tags"] or "").split(sep) if t.strip()]
+                p = Path(r["path"])
+                rows.append((str(p if p.is_absolute() else path.parent / p), tags))
+    except UnicodeDecodeError as exc:
+        raise CSRAError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "save the labels file as UTF-8") from None
+    except csv.Error as exc:
+        raise CSRAError(f"{path}: not a readable CSV ({exc})") from None
     names = classes or sorted({t for _, tags in rows for t in tags})
     index = {c: i for i, c in enumerate(names)}
     labels = np.zeros((len(rows), len(names)), dtype=np.int8)

@@ -51,6 +51,25 @@ def load_one(preprocess: Preprocess, path: str, flip: bool = False) -> tuple[np.
     return (np.ascontiguousarray(arr[..., ::-1]) if flip else arr), ""
 
 
+def unreadable(path: str) -> str:
+    """Why an image cannot be used ("" when it can): missing, not a regular file, empty, or not
+    decodable. Cheap: a JPEG is decoded at 1/8 scale (its DCT draft), which still reads every byte."""
+    from PIL import Image
+
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if st.st_size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))
+            img.load()
+    except Exception as exc:  # any reason at all: the image is left out, not the run
+        return describe_error(exc)
+    return ""
+
+
 def decode_batch(preprocess: Preprocess, paths: list[str]) -> tuple[np.ndarray, list[str]]:
     """A list of files -> a uint8 (B, 3, S, S) batch and one error string per file."""
     loaded = [load_one(preprocess, p) for p in paths]
@@ -61,9 +80,23 @@ def decode_batch(preprocess: Preprocess, paths: list[str]) -> tuple[np.ndarray, 
 _worker_pre: Preprocess | None = None
 
 
-def _init_worker(preprocess: Preprocess) -> None:
+def _init_worker(preprocess: Preprocess, parent_alive=None) -> None:
     global _worker_pre
     _worker_pre = preprocess
+    if parent_alive is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent_alive,), daemon=True, name="csra-parent").start()
+
+
+def _exit_with_parent(parent_alive) -> None:
+    """End this worker when csra is gone. csra holds the only write end of this pipe, so it
+    reads EOF when csra exits or is killed (-9 included). Without this, a worker of a killed run
+    waited for work forever, and it kept the forkserver and the resource tracker alive with it
+    (its parent is the forkserver, so PR_SET_PDEATHSIG would not fire when csra dies)."""
+    try:
+        parent_alive.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(0)
 
 
 def _decode_in_worker(paths: list[str]):
@@ -85,8 +118,11 @@ class DecodePool:
 
     def __init__(self, preprocess: Preprocess, workers: int):
         self.pre, self.workers = preprocess, max(0, int(workers))
-        self._pool = (ProcessPoolExecutor(self.workers, _pool_context(), _init_worker, (preprocess,))
-                      if self.workers else None)
+        self._pool = self._alive = None
+        if self.workers:
+            ctx = _pool_context()
+            watched, self._alive = ctx.Pipe(duplex=False)  # workers watch for its EOF: csra gone
+            self._pool = ProcessPoolExecutor(self.workers, ctx, _init_worker, (preprocess, watched))
 
     def submit(self, paths: list[str]):
         if self._pool is None:
@@ -97,6 +133,9 @@ class DecodePool:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._alive is not None:
+            self._alive.close()
+            self._alive = None
 
     def __enter__(self) -> "DecodePool":
         return self

@@ -13,6 +13,8 @@ import contextlib
 import io
 import logging
 import os
+import sys
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -51,19 +53,70 @@ def ray_session(address: str | None):
     else a local instance sized to this machine); one already open in this process is reused."""
     ray = require_ray()
     started = not ray.is_initialized()
-    if started:
-        try:
-            # Worker output stays on the workers: stdout carries only records.
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
-                     configure_logging=True)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise CSRAError(f"--ray-address {address or 'auto'}: cannot connect to Ray "
-                            f"({str(exc).strip().splitlines()[0]})") from None
-    try:
-        yield ray
-    finally:
+    with ray_lines_to_log() if started else contextlib.nullcontext():
         if started:
-            ray.shutdown()
+            try:
+                # Worker output stays on the workers: stdout carries only records.
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
+                         configure_logging=True)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise CSRAError(f"--ray-address {address or 'auto'}: cannot connect to Ray "
+                                f"({str(exc).strip().splitlines()[0]})") from None
+        try:
+            yield ray
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def ray_log_path() -> Path:
+    from ..models.registry import cache_dir
+
+    return cache_dir() / "logs" / "ray-driver.log"
+
+
+@contextlib.contextmanager
+def ray_lines_to_log():
+    """Ray's own lines in this process (its core worker writes errors straight to file
+    descriptor 2, its threads print warnings) go to $CSRA_HOME/logs/ray-driver.log, so stderr
+    holds csra's messages alone (nothing at all under -q); csra's own stderr keeps the terminal.
+    Where the log cannot be opened, nothing changes."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, AttributeError, ValueError):
+        yield
+        return
+    try:
+        log = ray_log_path()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError:
+        os.close(saved)
+        yield
+        return
+    ours = sys.stderr
+    try:
+        on_fd2 = ours.fileno() == 2
+    except (OSError, AttributeError, ValueError):  # a test runner's capture: not the descriptor
+        on_fd2 = False
+    if on_fd2:  # csra's messages: the same terminal through a copy of the descriptor
+        sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), encoding=ours.encoding,
+                                      errors=ours.errors, write_through=True)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 2)
+        os.close(saved)
+        if on_fd2:
+            replaced, sys.stderr = sys.stderr, ours
+            replaced.close()
 
 
 def decode_one(pre, path: str) -> tuple[np.ndarray | None, str]:

@@ -2,19 +2,23 @@
 
 Nothing of the user's is lost: a sidecar never lands on an input file (``scan.txt`` that is
 really a JPEG), a ``.txt`` that csra did not write is kept unless ``--overwrite-sidecars``
-(csra notes the files it wrote, with their sha256, in ``.csra-sidecars`` in each folder; an
-edited caption counts as the user's), and an existing XMP is merged into: the user's keywords
-stay, csra's own (``CSRA|…`` and the plain tags under it) are replaced by the new ones.
+(csra notes the files it wrote, with their sha256, in ``.csra-sidecars.jsonl`` in each folder,
+one JSON object a line, so no file name can forge an entry; an edited caption counts as the
+user's), and an existing XMP is merged into: the user's keywords stay, csra's own are replaced
+by the new ones. csra knows its own keywords exactly: the ``CSRA|…`` hierarchy entries, and the
+``dc:subject`` entries it added, listed in its ``csra:subjects`` property; a keyword the user had
+before csra gave the same tag stays the user's.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, open_own
 from ..data.inputs import IMAGE_EXTENSIONS, looks_like_image
 
 NS = {
@@ -31,6 +35,7 @@ NS = {
     "crs": "http://ns.adobe.com/camera-raw-settings/1.0/",
     "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/",
     "xmpRights": "http://ns.adobe.com/xap/1.0/rights/",
+    "csra": "http://csra.invalid/ns/xmp/1.0/",  # csra's own record of the keywords it added
 }
 for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
@@ -68,7 +73,10 @@ def xmp_sidecar_path(image: str, naming: str = "full") -> Path:
     return sidecar_path(image, ".xmp", naming)
 
 
-MANIFEST = ".csra-sidecars"  # per folder: "sha256  name" of each .txt csra wrote (sha256sum's format)
+# Per folder: {"name": …, "sha256": …} of each .txt csra wrote, a JSON object a line (JSON escapes
+# a newline in a name, so a name cannot start a line of its own). The older ".csra-sidecars" in
+# "sha256  name" lines could be forged by such a name and is not read: its captions count as the user's.
+MANIFEST = ".csra-sidecars.jsonl"
 
 
 def _sha256(data: bytes) -> str:
@@ -99,12 +107,16 @@ class SidecarWriter:
         if folder not in self._written:
             table: dict[str, str] = {}
             try:
-                with open(folder / MANIFEST, encoding="utf-8", errors="surrogateescape") as fh:
+                with os.fdopen(open_own(folder / MANIFEST, os.O_RDONLY), encoding="utf-8") as fh:
                     for line in fh:
-                        digest, sep, name = line.rstrip("\n").partition("  ")
-                        if sep:
-                            table[name] = digest
-            except OSError:
+                        try:
+                            entry = json.loads(line)
+                        except ValueError:  # a line cut by a kill
+                            continue
+                        if (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                                and isinstance(entry.get("sha256"), str)):
+                            table[entry["name"]] = entry["sha256"]
+            except (OSError, UnicodeDecodeError):
                 pass
             self._written[folder] = table
         return self._written[folder]
@@ -122,8 +134,9 @@ class SidecarWriter:
         atomic_write_bytes(path, data)
         digest = _sha256(data)
         if mine.get(path.name) != digest:
-            with open(folder / MANIFEST, "a", encoding="utf-8", errors="surrogateescape") as fh:
-                fh.write(f"{digest}  {path.name}\n")
+            with os.fdopen(open_own(folder / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w",
+                           encoding="utf-8") as fh:
+                fh.write(json.dumps({"name": path.name, "sha256": digest}) + "\n")
             mine[path.name] = digest
         return path
 
@@ -170,7 +183,9 @@ def _items(box: ET.Element) -> list[ET.Element]:
 
 def merge_xmp(existing: bytes | None, tags: list[str]) -> bytes:
     """Put the tags in dc:subject and lr:hierarchicalSubject (CSRA|tag): the user's keywords and
-    everything else stay, csra's earlier keywords are replaced."""
+    everything else stay, csra's earlier keywords (its hierarchy entries, and the dc:subject
+    entries its csra:subjects lists) are replaced. An XMP of an older csra lists none: its plain
+    keywords are all kept, since csra cannot tell them from the user's."""
     if existing and existing.strip():
         root = _parse(existing)
         if root.tag == _q("rdf", "RDF"):  # a bare RDF document: wrap it the standard way
@@ -187,13 +202,17 @@ def merge_xmp(existing: bytes | None, tags: list[str]) -> bytes:
         descs = [ET.SubElement(rdf, _q("rdf", "Description"), {_q("rdf", "about"): ""})]
     hier = _container(descs, _q("lr", "hierarchicalSubject"))
     subject = _container(descs, _q("dc", "subject"))
+    added = _container(descs, _q("csra", "subjects"))
     prefix = HIERARCHY_ROOT + "|"
-    stale = {(li.text or "")[len(prefix):] for li in _items(hier) if (li.text or "").startswith(prefix)}
-    for box, is_csra in ((hier, lambda t: t.startswith(prefix)), (subject, lambda t: t in stale)):
+    ours = {li.text or "" for li in _items(added)}
+    for box, is_csra in ((hier, lambda t: t.startswith(prefix)), (subject, lambda t: t in ours),
+                         (added, lambda t: True)):
         for li in _items(box):
             if is_csra(li.text or ""):
                 box.remove(li)
-    for box, values in ((subject, tags), (hier, [prefix + t for t in tags])):
+    users = {li.text or "" for li in _items(subject)}
+    for box, values in ((subject, tags), (hier, [prefix + t for t in tags]),
+                        (added, [t for t in tags if t not in users])):
         have = {li.text or "" for li in _items(box)}
         for v in values:
             if v not in have:

@@ -8,7 +8,10 @@ holds every image exactly once.
 
 One run at a time per output: a second run on the same ``--out`` is refused (an exclusive
 ``flock`` on ``.NAME.lock``). Finished images are known by their normalised absolute path, so
-``photos``, ``./photos`` and ``/abs/photos`` resume the same run; records keep the path as given.
+``photos``, ``./photos`` and ``/abs/photos`` resume the same run; records keep the path as given,
+and a finished output keeps those absolute paths beside it (``.NAME.csra-index.json``; SQLite in
+its ``image_paths`` table) for a --resume from another folder. The journal, the lock and the index
+are never opened through a symlink or into a file that is not the user's own (``open_own``).
 File names that are not UTF-8 travel losslessly: raw bytes in the journal and CSV
 (surrogateescape), ``\\udcXX`` escapes in JSON. CSV cells that a spreadsheet would run as a
 formula (``= + - @``, tab, CR) get a leading ``'`` (the JSON outputs keep the exact path).
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from ..errors import CSRAError
-from ..fileio import atomic_temp, fsync_dir, fsync_file, temp_leftovers
+from ..fileio import atomic_temp, fsync_dir, fsync_file, open_own, temp_leftovers
 
 FORMATS = ("csv", "json", "jsonl", "sqlite")
 SQLITE_EXTS = ("sqlite", "sqlite3", "db")
@@ -166,7 +169,7 @@ class OutputLock:
 
         self.path, self.fd = lock_path(out), None
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -191,8 +194,15 @@ class OutputLock:
             self.fd = None
 
 
-def open_journal(path: Path, mode: str) -> TextIO:
-    return open(path, mode, encoding="utf-8", errors="surrogateescape")
+_JOURNAL_FLAGS = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_APPEND | os.O_CREAT, "r+b": os.O_RDWR}
+
+
+def open_journal(path: Path, mode: str):
+    """The journal, never through a symlink or into another user's file (``open_own``)."""
+    fd = open_own(path, _JOURNAL_FLAGS[mode])
+    if "b" in mode:
+        return os.fdopen(fd, mode)
+    return os.fdopen(fd, mode, encoding="utf-8", errors="surrogateescape")
 
 
 def read_journal(path: Path) -> Iterator[dict]:
@@ -208,17 +218,48 @@ def read_journal(path: Path) -> Iterator[dict]:
 
 
 def read_output(path: Path, fmt: str) -> Iterator[dict]:
-    """Records of a finished output (for --resume after a completed run)."""
+    """Records of a finished output (csra report, --resume after a completed run). Anything that
+    is not a csra output of that format (a cell past the CSV size limit, a nesting bomb, wrong
+    types) is one CSRAError naming the file, never a traceback."""
+    try:
+        for rec in _read_output(path, fmt):
+            yield _checked(rec)
+    except CSRAError:
+        raise
+    except (csv.Error, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError,
+            UnicodeDecodeError) as exc:
+        text = str(exc).strip()
+        why = ("nested too deeply" if isinstance(exc, RecursionError)
+               else text.splitlines()[0][:200] if text else type(exc).__name__)
+        raise CSRAError(f"{path}: cannot read it as a csra {fmt} output ({why})") from None
+
+
+def _checked(rec: dict) -> dict:
+    """A record with the types csra writes: path text, tags a list of text, scores numbers."""
+    ok = (isinstance(rec["path"], str) and isinstance(rec["tags"], list) and all(isinstance(t, str) for t in rec["tags"])
+          and isinstance(rec["scores"], dict)
+          and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in rec["scores"].values())
+          and isinstance(rec["error"], (str, type(None)))
+          and (rec.get("all_scores") is None or isinstance(rec["all_scores"], dict)))
+    if not ok:
+        raise TypeError(f"a record of the wrong shape for {str(rec['path'])[:80]!r}")
+    return rec
+
+
+def _read_output(path: Path, fmt: str) -> Iterator[dict]:
     if fmt == "sqlite":
         from .sqlite_db import read_db
 
-        for p, tags, scores, error, all_scores, model, tagged_at in read_db(path):
-            yield make_record(p, tags, scores, error, all_scores, model, tagged_at)
+        for p, tags, scores, error, all_scores, model, tagged_at, key in read_db(path):
+            rec = make_record(p, tags, scores, error, all_scores, model, tagged_at)
+            yield {**rec, "key": key} if key else rec
         return
     if fmt == "csv":
         with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
             reader = csv.reader(fh)
             header = [csv_uncell(c) for c in next(reader, [])]
+            if header[:3] != ["path", "tags", "error"]:
+                raise ValueError("its header is not path,tags,error")
             extra = header[3:]
             for cells in reader:
                 row = dict(zip(header, cells))
@@ -229,9 +270,66 @@ def read_output(path: Path, fmt: str) -> Iterator[dict]:
         return
     text = path.read_text(encoding="utf-8")
     items = json.loads(text) if fmt == "json" else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    if not isinstance(items, list):
+        raise TypeError("not a list of records")
     for it in items:
+        if not isinstance(it, dict) or not isinstance(it.get("scores"), dict) or not isinstance(it.get("tags"), list):
+            raise TypeError("a record is not {path, tags, scores, error}")
         yield make_record(it["path"], it["tags"], {t: it["scores"].get(t) for t in it["tags"]},
                           it.get("error") or "", it["scores"] if len(it["scores"]) > len(it["tags"]) else None)
+
+
+def index_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.csra-index.json")
+
+
+def write_index(out: Path, keys: Iterable[str]) -> None:
+    """Beside a finished output: the absolute path of each record's image, in order, and the
+    output's size and mtime (an index of another version of the file is not used). Records keep
+    paths as given, relative to the folder of the run that made them; --resume from another
+    folder matches images by these, as the journal does. Losing it only costs that match."""
+    from ..fileio import atomic_write_bytes
+
+    st = out.stat()
+    index = {"output_size": st.st_size, "output_mtime_ns": st.st_mtime_ns, "keys": list(keys)}
+    try:
+        atomic_write_bytes(index_path(out), json.dumps(index, ensure_ascii=False).encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass
+
+
+def read_index(out: Path) -> list[str] | None:
+    """The keys ``write_index`` left for this very output file; None where there are none."""
+    try:
+        with os.fdopen(open_own(index_path(out), os.O_RDONLY), "rb") as fh:
+            index = json.loads(fh.read().decode("utf-8", "surrogateescape"))
+        st = out.stat()
+        if (index["output_size"], index["output_mtime_ns"]) == (st.st_size, st.st_mtime_ns):
+            keys = index["keys"]
+            return keys if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        pass
+    return None
+
+
+def finished_records(out: Path, fmt: str) -> list[dict]:
+    """The records of a finished output with their images' keys, for --resume without a journal:
+    from its index, else from paths as given, which is right only from the folder it was made in,
+    so an output none of whose relative paths is there from here is refused, not tagged twice."""
+    records = list(read_output(out, fmt))
+    if records and all(r.get("key") for r in records):  # SQLite keeps them in image_paths
+        return records
+    keys = read_index(out)
+    if keys is not None and len(keys) == len(records):
+        return [{**r, "key": k} for r, k in zip(records, keys)]
+    relative = [r["path"] for r in records if not os.path.isabs(r["path"]) and not r["error"]]
+    from ..data.remote import is_uri
+
+    relative = [p for p in relative if not is_uri(p)]
+    if relative and not any(os.path.lexists(p) for p in relative):
+        raise CSRAError(f"--resume: {out} names its images relative to the folder it was made in "
+                        f"({relative[0]} is not here); run from that folder, or use --overwrite")
+    return records
 
 
 class FileSink:
@@ -259,16 +357,16 @@ class FileSink:
     def _prepare(self, resume: bool, overwrite: bool) -> None:
         out = self.out
         if resume:
-            if not self.journal.exists() and out.exists():
-                self._rewrite_journal(read_output(out, self.fmt))
-            if self.journal.exists():
+            if not os.path.lexists(self.journal) and out.exists():
+                self._rewrite_journal(finished_records(out, self.fmt))
+            if os.path.lexists(self.journal):
                 self._truncate_partial_line()
                 if any(r["error"] for r in read_journal(self.journal)):
                     self._rewrite_journal(read_journal(self.journal))
                 for r in read_journal(self.journal):
                     set.add(self.done, r.get("key") or path_key(r["path"]))
         else:
-            if (out.exists() or self.journal.exists()) and not overwrite:
+            if (out.exists() or os.path.lexists(self.journal)) and not overwrite:
                 what = out if out.exists() else self.journal
                 raise FileExistsError(f"{what} exists; use --overwrite to replace it or --resume to continue it")
             self.journal.unlink(missing_ok=True)
@@ -297,9 +395,9 @@ class FileSink:
         return json.dumps(rec, ensure_ascii=False) + "\n"
 
     def _truncate_partial_line(self) -> None:
-        data = self.journal.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.journal, "r+b") as fh:
+        with open_journal(self.journal, "r+b") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
                 fh.truncate(data.rfind(b"\n") + 1)
 
     def write(self, rec: dict) -> None:
@@ -332,6 +430,8 @@ class FileSink:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if self.fmt != "sqlite":  # a database holds its keys itself
+            write_index(self.out, (r.get("key") or path_key(r["path"]) for r in read_journal(self.journal)))
         self.journal.unlink(missing_ok=True)
         self.lock.release()
 

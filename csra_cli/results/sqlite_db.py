@@ -2,7 +2,9 @@
 
 ``images(id, path, error, model, tagged_at)`` holds one row per image; ``tags(image_id, tag,
 score)`` one row per tag given (best first); with --scores, ``scores(image_id, class, score)``
-holds every class's score. "Photos with a dog and a person" is then one query (see the README).
+holds every class's score; ``image_paths(image_id, abs_path)`` the normalised absolute path of
+each image (records keep paths as given), which ``--resume`` matches images by. "Photos with a
+dog and a person" is then one query (see the README).
 It is written at the end of a run from the journal, like the text formats.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ SCHEMA = """
 CREATE TABLE images(id INTEGER PRIMARY KEY, path TEXT NOT NULL, error TEXT, model TEXT, tagged_at TEXT);
 CREATE TABLE tags(image_id INTEGER NOT NULL REFERENCES images(id), tag TEXT NOT NULL, score REAL);
 CREATE TABLE scores(image_id INTEGER NOT NULL REFERENCES images(id), class TEXT NOT NULL, score REAL NOT NULL);
+CREATE TABLE image_paths(image_id INTEGER PRIMARY KEY REFERENCES images(id), abs_path TEXT NOT NULL);
 """
 # Made after the rows go in (faster than keeping them up to date row by row).
 INDEXES = """
@@ -45,6 +48,8 @@ def write_db(path: str | Path, records: Iterable[dict]) -> None:
             for i, rec in enumerate(records, 1):
                 con.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?)",
                             (i, _path_cell(rec["path"]), rec.get("error") or None, rec.get("model"), rec.get("tagged_at")))
+                if rec.get("key"):
+                    con.execute("INSERT INTO image_paths VALUES (?, ?)", (i, _path_cell(rec["key"])))
                 con.executemany("INSERT INTO tags VALUES (?, ?, ?)",
                                 [(i, t, rec["scores"].get(t)) for t in rec["tags"]])
                 if rec.get("all_scores"):
@@ -56,8 +61,10 @@ def write_db(path: str | Path, records: Iterable[dict]) -> None:
         con.close()
 
 
-def read_db(path: str | Path) -> Iterator[tuple[str, list[str], dict, str, dict | None, str | None, str | None]]:
-    """(path, tags, scores, error, all_scores or None, model, tagged_at) per image, in id order."""
+def read_db(path: str | Path) -> Iterator[tuple[str, list[str], dict, str, dict | None, str | None, str | None,
+                                                str | None]]:
+    """(path, tags, scores, error, all_scores or None, model, tagged_at, abs_path or None) per
+    image, in id order (a database of an older csra has no abs_path)."""
     # as_uri percent-encodes '#', '?' and '%': in a raw "file:" URI they would cut the name short
     con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
@@ -67,12 +74,17 @@ def read_db(path: str | Path) -> Iterator[tuple[str, list[str], dict, str, dict 
         every: dict[int, dict] = {}
         for image_id, cls, score in con.execute("SELECT image_id, class, score FROM scores ORDER BY image_id, rowid"):
             every.setdefault(image_id, {})[cls] = score
+        keys: dict[int, str] = {}
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'image_paths'").fetchone():
+            keys = {i: os.fsdecode(k) if isinstance(k, bytes) else k
+                    for i, k in con.execute("SELECT image_id, abs_path FROM image_paths")}
         for image_id, p, error, model, tagged_at in con.execute(
                 "SELECT id, path, error, model, tagged_at FROM images ORDER BY id"):
             given = tags.get(image_id, [])
             if isinstance(p, bytes):
                 p = os.fsdecode(p)
-            yield (p, [t for t, _ in given], dict(given), error or "", every.get(image_id), model, tagged_at)
+            yield (p, [t for t, _ in given], dict(given), error or "", every.get(image_id), model, tagged_at,
+                   keys.get(image_id))
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{path}: not a csra SQLite output ({exc})") from None
     finally:
