@@ -21,7 +21,7 @@ def _run(page: Path, *args: str, fragment: str = "") -> str:
                f"--user-data-dir={profile}", "--virtual-time-budget=3000", *args, page.resolve().as_uri() + fragment]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.insert(1, "--no-sandbox")  # chromium refuses to run as root with its sandbox
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
 
 
 def screenshot(page: Path, png: Path, size=(1280, 900), fragment: str = "") -> Path:

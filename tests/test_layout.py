@@ -144,7 +144,7 @@ def test_tag_through_a_cached_onnx_export_never_imports_torch(monkeypatch, isola
              "loaded = [m for m in ('torch', 'torchvision', 'timm') if m in sys.modules]\n"
              "print('LOADED:' + ','.join(loaded), code, file=sys.stderr)")
     env = {k: v for k, v in os.environ.items() if k != "CSRA_BACKEND"}
-    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=900)
     assert res.stderr.strip().splitlines()[-1] == "LOADED: 0", res.stderr
     fast = [json.loads(line) for line in res.stdout.splitlines()]
     ref = runner.invoke(app, ["tag", *photos, "-m", str(tiny_model_path), "-q", "--scores", "--backend", "torch"],

@@ -174,7 +174,7 @@ def _run_tag_and_kill(tmp_path, tiny_model_path, extra):
     proc = subprocess.Popen([sys.executable, "-m", "csra_cli", "tag", str(folder), "-m", str(tiny_model_path), "-q",
                              "-o", str(out), "-b", "1", *extra], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     kids: list = []
     while time.time() < deadline and proc.poll() is None:  # mid-run: records written, workers up
         kids = psutil.Process(proc.pid).children(recursive=True)
@@ -194,7 +194,7 @@ def test_kill_9_of_tag_leaves_no_decode_process_behind(tmp_path, tiny_model_path
 
     kids = _run_tag_and_kill(tmp_path, tiny_model_path, ["-j", "2"])
     assert len(kids) >= 3  # the forkserver, the resource tracker and the workers
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     alive = kids
     while alive and time.time() < deadline:  # an event (every child gone), with a generous deadline
         alive = [k for k in alive if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(ray is None, reason="the ray extra is not instal
 REPO = Path(__file__).resolve().parent.parent
 # A dead node is noticed after a few missed health checks, not the default ~30 s.
 FAST_FAILURE = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
-                "RAY_health_check_initial_delay_ms": "0"}
+                "RAY_health_check_initial_delay_ms": "0", "RAY_worker_niceness": "0"}
 
 
 def records(path: Path) -> list[dict]:
@@ -39,7 +39,7 @@ def lines_in(path: Path) -> int:
         return 0
 
 
-def wait_for(what: str, check, proc, timeout: float = 300):
+def wait_for(what: str, check, proc, timeout: float = 900):
     """Poll for an event, with a generous deadline; the run must still be going."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -109,7 +109,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_stdin_paths_in_a_real_pipeline(tmp_path, image_folder, tiny_model_path):
     paths = "\n".join(str(p) for p in sorted(image_folder.rglob("*.*"))) + "\n"
     proc = subprocess.run([sys.executable, "-m", "csra_cli", "tag", "-", "--out", "-", "-m", str(tiny_model_path)],
-                          input=paths, capture_output=True, text=True, timeout=120)
+                          input=paths, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     recs = [json.loads(ln) for ln in proc.stdout.splitlines()]
     assert [r["path"] for r in recs] == paths.split()
@@ -222,23 +222,25 @@ def test_resume_after_a_killed_run_gives_every_image_once(tmp_path, tiny_model_p
     cmd = [sys.executable, "-m", "csra_cli", "tag", str(folder), "-o", str(out), "-m", str(tiny_model_path),
            "--batch-size", "1", "--workers", "0", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
+    # Kill points chosen by progress, with deadlines that a loaded machine meets (issue 33):
+    # the test waits for events, it does not bet on the machine's speed.
+    deadline = time.time() + 600
     while _journal_lines(out) < 10 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(sig)
-    proc.wait(timeout=30)
+    stderr = proc.communicate(timeout=600)[1]
     done_before = _journal_lines(out)
     assert 0 < done_before < 150, "the run should have been stopped part way"
     assert not out.exists(), "no half-written output"
     if sig == signal.SIGINT:
-        assert proc.returncode == 130 and b"--resume" in proc.stderr.read()
-    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 130 and b"--resume" in stderr
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr
     df = pd.read_csv(out)
     assert len(df) == 150 and df["path"].is_unique
     assert sorted(Path(p).name for p in df["path"]) == [f"img{i:03d}.png" for i in range(150)]
     # resuming a finished run adds nothing and keeps everything
-    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0 and len(pd.read_csv(out)) == 150
 
 

@@ -74,8 +74,15 @@ class Command(_TidyHelp, TyperCommand):
     pass
 
 
+# --help lists the commands in the order of the work: tag, look at, measure, then the rest.
+COMMAND_ORDER = ("tag", "report", "eval", "train", "export", "bench", "explain", "models")
+
+
 class Group(_TidyHelp, TyperGroup):
-    pass
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        rank = {n: i for i, n in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
 class App(typer.Typer):
@@ -86,7 +93,7 @@ class App(typer.Typer):
 
 
 app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=Group,
-          help="Tag images with CSRA multi-label models: tag, eval, train, export, bench, explain, models.")
+          help="Tag images with CSRA multi-label models: tag, report, eval, train, export, bench, explain, models.")
 models_app = App(no_args_is_help=False, invoke_without_command=True, cls=Group,
                  help="List, inspect, download and import models.")
 app.add_typer(models_app, name="models")
@@ -156,9 +163,10 @@ def check_inputs_exist(inputs: list[str], flag: str = "") -> None:
             raise CSRAError(f"{name}{arg}: no such file or folder")
 
 
-def check_output(path, flag: str = "--out") -> None:
+def check_output(path, flag: str = "--out", overwrite: bool | None = None) -> None:
     """The one rule for outputs (files and folders alike): their parent folder must exist, so a
-    typo never creates folders; a folder csra chooses by default is created."""
+    typo never creates folders (a folder csra chooses by default is created), and an existing
+    file is replaced only with --overwrite (``overwrite`` None: the caller checks that itself)."""
     from pathlib import Path
 
     if path is None or str(path) == "-":
@@ -166,6 +174,8 @@ def check_output(path, flag: str = "--out") -> None:
     parent = Path(path).expanduser().absolute().parent
     if not parent.is_dir():
         raise CSRAError(f"{flag} {path}: the folder {parent} does not exist")
+    if overwrite is False and Path(path).is_file():
+        raise CSRAError(f"{flag} {path} exists; use --overwrite to replace it")
 
 
 @contextlib.contextmanager
@@ -219,8 +229,8 @@ ClassNamesOpt = Annotated[Optional[str], typer.Option(
     "--class-names", help="Class names of an official .pth: voc, coco, wider, a,b,c or a file.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", callback=_check_device)]
 PrecisionOpt = Annotated[str, typer.Option(
-    help="auto (fp16/bf16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16, or int8 (CPU, onnxruntime: "
-         "a cached quantised export from 'csra export --onnx --int8').")]
+    help="auto (fp16/bf16 autocast on CUDA, fp32 on CPU), fp32, fp16, bf16, or int8 (CPU, onnxruntime: the "
+         "int8 export shipped beside the model, or one made with 'csra export --onnx --int8').")]
 BackendOpt = Annotated[str, typer.Option(
     help="auto (onnxruntime on CPU, PyTorch on GPU), torch, or onnx with --model FILE.onnx.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", callback=in_range("--batch-size", 1),
@@ -232,6 +242,7 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", callback=in_range("--
 TTAOpt = Annotated[bool, typer.Option(
     "--tta", help="Test-time augmentation: average each image's scores with its mirror image's (2x the model work).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that exist (else refused).")]
 # Where the images are decoded and scored: this process, or a Ray cluster (pip install 'csra[ray]').
 EngineOpt = Annotated[str, typer.Option(
     help="local (this machine) or ray (a Ray cluster through Ray Data; pip install 'csra\\[ray]').")]
@@ -274,6 +285,19 @@ def load_model_for(model: ModelSpec):
 
     warn_official_settings(model)
     return load_spec(model)
+
+
+def resolved_run(run: RunSpec):
+    """(the run with its model resolved once, the model's card where it can be read without
+    loading the model: our format), so that checks needing only the card come before any
+    loading or one-time export."""
+    if run.model.is_onnx:
+        return run, None
+    from ..models.loading import find_card, resolve_spec
+
+    model = resolve_spec(run.model)
+    found = find_card(model)
+    return run.with_model(model), (found[1] if found else None)
 
 
 def runner_for(run: RunSpec):

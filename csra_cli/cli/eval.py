@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import (DATASET_OPTIONS, RUN_OPTIONS, QuietOpt, app, check_engine, check_output, handle_errors, in_range,
+from .app import (DATASET_OPTIONS, RUN_OPTIONS, OverwriteOpt, QuietOpt, app, check_engine, check_output, handle_errors, in_range,
                   open_selected, runner_for)
 from ..console import err, start_progress, warn
 from ..engine.run_spec import RunSpec
@@ -21,7 +21,8 @@ OUTPUTS = OptionGroup(
     save_scores=Opt(Annotated[Optional[str], typer.Option("--save-scores", help="Write image x class scores to this CSV.")]),
     calibrate=Opt(Annotated[Optional[str], typer.Option("--calibrate", help="Write per-class F1-maximising thresholds (JSON).")]),
     json_out=Opt(Annotated[Optional[str], typer.Option("--json", help="Write the full report as JSON (- for stdout).")]),
-    html_report=Opt(ReportOpt))
+    html_report=Opt(ReportOpt),
+    overwrite=Opt(OverwriteOpt, False))
 # How scores are judged.
 MEASURES = OptionGroup(
     "EvalMeasures", "Metrics",
@@ -59,8 +60,9 @@ def eval_cmd(
         raise CSRAError("--ap: use exact or voc07-11pt")
     for flag, path in (("--json", outputs.json_out), ("--save-scores", outputs.save_scores),
                        ("--calibrate", outputs.calibrate)):
-        check_output(path, flag)
-    page = check_report_path(outputs.html_report, outputs.json_out, outputs.save_scores, outputs.calibrate)
+        check_output(path, flag, outputs.overwrite)
+    page = check_report_path(outputs.html_report, outputs.json_out, outputs.save_scores, outputs.calibrate,
+                             overwrite=outputs.overwrite)
     dataset = open_selected(data)
     if len(dataset) == 0:
         raise CSRAError(f"{dataset.name}: no labelled images")

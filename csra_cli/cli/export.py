@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .app import MODEL_OPTIONS, app, check_inputs_exist, check_output, handle_errors, load_model_for
+from .app import MODEL_OPTIONS, OverwriteOpt, app, check_inputs_exist, check_output, handle_errors, load_model_for
 from ..console import info
 from ..errors import CSRAError
 from ..models.spec import ModelSpec
@@ -43,6 +43,7 @@ def export(
     fp16: Annotated[bool, typer.Option("--fp16", help="ONNX weights and activations in fp16.")] = False,
     verify_images: Annotated[List[str], typer.Option("--verify-image", help="Real images to verify on (repeatable).")] = [],
     int8: "Int8Options",
+    overwrite: OverwriteOpt = False,
 ):
     """Export a model; the file carries classes, preprocessing and thresholds, and is checked
     against PyTorch on the spot (max |Δlogit| ≤ 1e-4 in fp32, else the export fails)."""
@@ -50,17 +51,18 @@ def export(
         raise CSRAError("say which format: --onnx and/or --torchscript")
     if out is not None and onnx and torchscript:
         raise CSRAError("--out names one file; export one format at a time when giving --out")
-    check_output(out)
+    check_output(out, overwrite=overwrite)
     check_inputs_exist(verify_images, "--verify-image")
     if int8.int8:
         if not onnx or torchscript or fp16:
             raise CSRAError("--int8 goes with --onnx alone (not --torchscript or --fp16)")
-        return export_int8(model, out, int8)
+        return export_int8(model, out, int8, overwrite)
     m = load_model_for(model)
-    for fmt, ext, do_export in (("onnx", ".onnx", onnx), ("torchscript", ".pt", torchscript)):
-        if not do_export:
-            continue
-        dest = out or Path(f"{m.card.name}{'-fp16' if fmt == 'onnx' and fp16 else ''}{ext}")
+    wanted = [(fmt, ext) for fmt, ext, asked in (("onnx", ".onnx", onnx), ("torchscript", ".pt", torchscript)) if asked]
+    dests = {fmt: out or Path(f"{m.card.name}{'-fp16' if fmt == 'onnx' and fp16 else ''}{ext}") for fmt, ext in wanted}
+    for dest in dests.values():  # the default names too, before any export work
+        check_output(dest, overwrite=overwrite)
+    for fmt, dest in dests.items():
         size, result = export_verified(m, fmt, dest, opset, dynamic_size, fp16, verify_images)
         info(f"{fmt}: wrote {dest} ({size / 1e6:.1f} MB); max |Δlogit| vs PyTorch "
              f"{result['max_abs_diff']:.2e} on {result['inputs']} inputs (tolerance {result['tolerance']:g}): ok")
@@ -117,7 +119,7 @@ def calibration_paths(spec: str | None, limit: int) -> list[str]:
     return paths[:limit]
 
 
-def export_int8(model: ModelSpec, out: Path | None, int8) -> None:
+def export_int8(model: ModelSpec, out: Path | None, int8, overwrite: bool = False) -> None:
     """The verified fp32 export (cached), quantised into the cache and copied to --out."""
     import os
     import shutil
@@ -132,6 +134,8 @@ def export_int8(model: ModelSpec, out: Path | None, int8) -> None:
     images = calibration_paths(calibrate_on, int8.calibration_images)
     model = resolve_spec(model)
     m = load_model_for(model)
+    dest = out or Path(f"{m.card.name}-int8.onnx")
+    check_output(dest, overwrite=overwrite)  # before the calibration's minutes
     weights = model_files(model.path).weights
     fp32 = cached_onnx(m, weights)
     key = export_key(weights, m.card, "int8")  # once: it reads the weights' sha256 memo
@@ -141,7 +145,6 @@ def export_int8(model: ModelSpec, out: Path | None, int8) -> None:
     source = Path(calibrate_on).name if Path(calibrate_on).is_file() else str(calibrate_on)
     record = quantize_int8(Path(fp32), cached, m.card, images, source=source,
                            key=key)
-    dest = out or Path(f"{m.card.name}-int8.onnx")
     if dest.resolve() != cached.resolve():
         fd, tmp = atomic_temp(dest, dest.suffix)
         os.close(fd)

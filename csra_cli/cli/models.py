@@ -52,12 +52,18 @@ def _rows() -> list[dict]:
 # terminal is too narrow, so a model name is never cut.
 _COLUMNS = [("name", lambda r: r["name"] + "".join(f" ({a})" for a in r["aliases"]) + (" *" if r["default"] else "")),
             ("installed", lambda r: "yes" if r["installed"] else "no"),
-            ("mAP", lambda r: "" if r["mAP"] is None else f"{r['mAP']}"),
+            ("mAP (split)", lambda r: "" if r["mAP"] is None else f"{r['mAP']} ({map_split(r)})"),
             ("kind", lambda r: r["kind"]),
             ("arch", lambda r: str(r["arch"])),
             ("heads", lambda r: str(r["heads"])),
             ("size", lambda r: _size(r["size"])),
             ("data", lambda r: str(r["dataset"] or ""))]
+
+
+def map_split(row: dict) -> str:
+    """Which images a listed mAP comes from: the paper's VOC/COCO test sets for the official
+    releases, the validation split (VOC val) for ours and for trained ones."""
+    return (row.get("metrics") or {}).get("split") or ("test" if row["kind"] == "official" else "val")
 
 
 def models_table(rows: list[dict], width: int):

@@ -49,7 +49,9 @@ def _evaluated(annotation, command):
         try:
             return eval(annotation, inspect.unwrap(command).__globals__)  # noqa: S307 (the module's own source)
         except NameError:
-            return annotation
+            if annotation.isidentifier():  # a group's record type, named for the reader only
+                return annotation
+            raise
     return annotation
 
 

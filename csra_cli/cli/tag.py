@@ -14,7 +14,7 @@ from ..console import err, error, info, warn
 from ..engine.run_spec import RunSpec
 from ..errors import CSRAError
 from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, RUN_OPTIONS, QuietOpt, TopKOpt, app, check_engine,
-                  check_inputs_exist, check_output, handle_errors, in_range, runner_for)
+                  check_inputs_exist, check_output, handle_errors, in_range, resolved_run, runner_for)
 from .options import REQUIRED, Opt, OptionGroup
 from .report import ReportOpt, check_report_path, write_tag_report
 
@@ -29,7 +29,7 @@ OUTPUT = OptionGroup(
     out=Opt(Annotated[str, typer.Option("--out", "-o", help="Output file (.csv/.json/.jsonl/.sqlite) or - for stdout.")], "-"),
     fmt=Opt(Annotated[Optional[str], typer.Option("--format", "-f", help="csv, json, jsonl or sqlite (default: from --out; jsonl on stdout).")]),
     resume=Opt(Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --out.")], False),
-    overwrite=Opt(Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")], False),
+    overwrite=Opt(Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out and --report page.")], False),
     report=Opt(ReportOpt))
 SELECTION = OptionGroup(
     "TagSelection", "Tags",
@@ -37,12 +37,19 @@ SELECTION = OptionGroup(
     thresholds=Opt(Annotated[Optional[str], typer.Option("--thresholds", help="Per-class thresholds: JSON {class: t} or CSV class,threshold.")]),
     top_k=Opt(TopKOpt),
     classes=Opt(Annotated[Optional[str], typer.Option("--classes", help="Only these classes (comma-separated).")]),
-    scores=Opt(Annotated[bool, typer.Option("--scores", help="Add every class's score to each record.")], False))
+    scores=Opt(Annotated[bool, typer.Option("--scores", help="Add every class's score to each record (keyed by the model's class names).")], False),
+    exclude=Opt(Annotated[Optional[str], typer.Option("--exclude", help="Never give these tags (comma-separated class or tag names).")]),
+    rename=Opt(Annotated[Optional[str], typer.Option("--rename", help="Write tags under other names: old=new,old2=new2, or a JSON {old: new} / CSV old,new file (default: the card's display names).")]))
 SIDECARS = OptionGroup(
     "SidecarOptions", "Sidecars",
     sidecar=Opt(Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars: --sidecar txt,xmp or the flag twice.")], []),
     xmp_name=Opt(Annotated[str, typer.Option("--xmp-name", help="full: photo.jpg.xmp, stem: photo.xmp.")], "full"),
-    overwrite_sidecars=Opt(Annotated[bool, typer.Option("--overwrite-sidecars", help="Replace .txt sidecars that csra did not write (a user's own captions are kept otherwise).")], False))
+    overwrite_sidecars=Opt(Annotated[bool, typer.Option("--overwrite-sidecars", help="Replace .txt sidecars that csra did not write (a user's own captions are kept otherwise).")], False),
+    caption_sep=Opt(Annotated[str, typer.Option("--caption-sep", help="Between the tags of a .txt caption.")], ", "),
+    caption_ext=Opt(Annotated[str, typer.Option("--caption-ext", help="File extension of the captions (e.g. .caption).")], ".txt"),
+    prepend=Opt(Annotated[Optional[str], typer.Option("--prepend", help="Fixed tags at the start of every caption (comma-separated), e.g. a trigger word.")]),
+    append=Opt(Annotated[Optional[str], typer.Option("--append", help="Fixed tags at the end of every caption (comma-separated).")]),
+    caption_dir=Opt(Annotated[Optional[str], typer.Option("--caption-dir", help="Write the captions into this folder, mirroring the input folders' tree, instead of beside the images.")]))
 
 
 @app.command()
@@ -53,13 +60,14 @@ SIDECARS = OptionGroup(
 @SELECTION.into("selection")
 @SIDECARS.into("sidecars")
 def tag(inputs: "TagInputs", output: "TagOutput", run: RunSpec, selection: "TagSelection", sidecars: "SidecarOptions",
-        quiet: QuietOpt = False):
+        quiet: QuietOpt = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="List the images it would read and the files it would write (on stdout), and stop: no model runs.")] = False):
     """Tag images and write one record per image (path, tags, scores, error).
 
     Exit codes: 0 all images tagged, 1 some images could not be read (see their error
     records), 2 bad usage or input, 130 interrupted (run again with --resume)."""
     try:
-        _tag(inputs, output, run, selection, sidecars, quiet)
+        _tag(inputs, output, run, selection, sidecars, quiet, dry_run)
     except KeyboardInterrupt:  # Ctrl-C before the first image (the tag loop handles its own)
         error("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -93,7 +101,51 @@ def sidecar_kinds(sidecars) -> list[str]:
             raise CSRAError(f"--sidecar {s!r}: use txt, xmp or txt,xmp")
     if sidecars.xmp_name not in ("full", "stem"):
         raise CSRAError("--xmp-name: use full or stem")
+    captioned = ("caption_sep", ", "), ("caption_ext", ".txt"), ("prepend", None), ("append", None), ("caption_dir", None)
+    given = [f"--{k.replace('_', '-')}" for k, default in captioned if getattr(sidecars, k) != default]
+    if given and "txt" not in kinds:
+        raise CSRAError(f"{given[0]} shapes the .txt captions; add --sidecar txt")
     return kinds
+
+
+def caption_style(sidecars, inputs):
+    """The .txt captions' style from the options (folders they mirror: the input folders)."""
+    from ..data.inputs import IMAGE_EXTENSIONS
+    from ..results.sidecars import CaptionStyle
+
+    ext = sidecars.caption_ext if sidecars.caption_ext.startswith(".") else "." + sidecars.caption_ext
+    if ext in (".", ".xmp") or "/" in ext or ext.lower() in IMAGE_EXTENSIONS:
+        raise CSRAError(f"--caption-ext {sidecars.caption_ext!r}: give an extension such as .txt or .caption")
+    fixed = lambda text: tuple(t.strip() for t in (text or "").split(",") if t.strip())  # noqa: E731
+    folder = None
+    if sidecars.caption_dir:
+        check_output(sidecars.caption_dir, "--caption-dir")
+        folder = Path(sidecars.caption_dir)
+        if folder.exists() and not folder.is_dir():
+            raise CSRAError(f"--caption-dir {folder}: exists and is not a folder")
+    roots = tuple(a for a in inputs.inputs if a != "-" and os.path.isdir(a))
+    return CaptionStyle(sidecars.caption_sep, ext, fixed(sidecars.prepend), fixed(sidecars.append), folder, roots)
+
+
+def list_dry_run(inputs, output, page, writer, skip) -> None:
+    """--dry-run: each image that would be read and each file that would be written, as
+    ``read PATH`` / ``write PATH`` lines (``(replace)`` where one is there), on stdout."""
+    from ..data.inputs import expand_inputs
+
+    def line(verb: str, path) -> None:
+        note = " (replace)" if verb == "write" and Path(path).exists() else ""
+        typer.echo(f"{verb}\t{path}{note}")
+
+    for p in expand_inputs(inputs.inputs, inputs.recursive, sys.stdin, warn=warn, null=inputs.null):
+        if skip and p in skip:
+            continue
+        line("read", p)
+        for side in writer.paths(p):
+            line("write", side)
+    if output.out != "-":
+        line("write", output.out)
+    if page:
+        line("write", page)
 
 
 def check_streams(inputs, output) -> None:
@@ -124,23 +176,41 @@ def check_uris(inputs, run: RunSpec, kinds: list[str]) -> None:
     check_inputs_exist([a for a in inputs.inputs if not is_uri(a)])
 
 
-def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool):
+def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run: bool = False):
     from ..console import start_progress
     from ..data.inputs import expand_inputs
     from ..engine.device import set_threads
     from ..engine.tagging import TagHooks, policy_for, run_tagging
     from ..results.sidecars import SidecarWriter
-    from ..results.sinks import FileSink, StreamSink, format_for, read_output
+    from ..results.sinks import FileSink, StreamSink, format_for, path_key, read_output
 
     kinds = sidecar_kinds(sidecars)
+    captions = caption_style(sidecars, inputs)
     check_streams(inputs, output)
     out = output.out
     fmt = format_for(out, output.fmt)
-    page = check_report_path(output.report, out)
+    page = check_report_path(output.report, out, overwrite=output.overwrite)
     streamed: list[dict] = []  # the records for --report when they go to stdout
     check_uris(inputs, run, kinds)
     check_output(out)
     started = time.time()
+    run, card = resolved_run(run)
+    if card is not None:
+        policy_for(card, selection)  # --classes, --thresholds, --top-k refused before any export
+    writer = SidecarWriter(kinds, sidecars.xmp_name, sidecars.overwrite_sidecars, captions)
+    if dry_run:
+        from ..results.sinks import DoneSet, finished_records, journal_path, read_journal
+
+        if out != "-" and Path(out).exists() and not (output.resume or output.overwrite):
+            raise FileExistsError(f"{out} exists; use --overwrite to replace it or --resume to continue it")
+
+        done = DoneSet()
+        if output.resume and output.out != "-":
+            j, o = journal_path(Path(out)), Path(out)
+            recs = read_journal(j) if j.exists() else finished_records(o, fmt) if o.exists() else []
+            done.update(r.get("key") or path_key(r["path"]) for r in recs if not r["error"])
+        list_dry_run(inputs, output, page, writer, done)
+        raise typer.Exit(EXIT_OK)
     check_engine(run)
     set_threads()
     runner = runner_for(run)
@@ -155,8 +225,6 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool):
     total = None
     if not quiet and "-" not in inputs.inputs:
         total = sum(1 for _ in expand_inputs(inputs.inputs, inputs.recursive)) - len(sink.done)
-
-    writer = SidecarWriter(kinds, sidecars.xmp_name, sidecars.overwrite_sidecars)
 
     def on_record(rec):
         if page and out == "-":

@@ -13,6 +13,9 @@ from ..models.card import heads_text
 from .options import Opt, OptionGroup
 
 
+# More than this share of a set's images missing or unreadable ends the run (--allow-missing goes on).
+MAX_UNREADABLE = 0.01
+
 # The training command's options, in the values its body reads.
 VALIDATION = OptionGroup(
     "ValidationOptions", "Validation",
@@ -33,19 +36,19 @@ NETWORK = OptionGroup(
     trainable_stages=Opt(Annotated[Optional[str], typer.Option(help="Fine-tune the last N backbone stages on cached features of the others; 'all' (the default) trains the whole network on augmented images.")]))
 SCHEDULE = OptionGroup(
     "ScheduleOptions", "Schedule",
-    epochs=Opt(Annotated[int, typer.Option(callback=in_range("--epochs", 1))], 30),
-    batch_size=Opt(Annotated[int, typer.Option(callback=in_range("--batch-size", 1))], 16),
+    epochs=Opt(Annotated[int, typer.Option(callback=in_range("--epochs", 1), help="Passes over the training images.")], 30),
+    batch_size=Opt(Annotated[int, typer.Option(callback=in_range("--batch-size", 1), help="Images per training step.")], 16),
     optimizer=Opt(Annotated[str, typer.Option(help="sgd (official recipe) or adamw.")], "sgd"),
     lr=Opt(Annotated[float, typer.Option(help="Backbone learning rate; heads get --head-lr-mult times it.")], 0.01),
-    head_lr_mult=Opt(Annotated[float, typer.Option()], 10.0),
-    momentum=Opt(Annotated[float, typer.Option()], 0.9),
-    weight_decay=Opt(Annotated[float, typer.Option()], 1e-4),
-    warmup_epochs=Opt(Annotated[int, typer.Option(callback=in_range("--warmup-epochs", 0))], 2),
+    head_lr_mult=Opt(Annotated[float, typer.Option(help="The CSRA heads' learning rate as a multiple of --lr.")], 10.0),
+    momentum=Opt(Annotated[float, typer.Option(help="SGD momentum (--optimizer sgd).")], 0.9),
+    weight_decay=Opt(Annotated[float, typer.Option(help="Weight decay (L2 for sgd, decoupled for adamw).")], 1e-4),
+    warmup_epochs=Opt(Annotated[int, typer.Option(callback=in_range("--warmup-epochs", 0), help="Epochs of linear learning-rate warm-up.")], 2),
     lr_step=Opt(Annotated[int, typer.Option(help="Decay the lr by --lr-gamma every N epochs (0: once, at 2/3).")], 0),
-    lr_gamma=Opt(Annotated[float, typer.Option()], 0.1),
+    lr_gamma=Opt(Annotated[float, typer.Option(help="Factor of each learning-rate step (see --lr-step).")], 0.1),
     crop_scale_min=Opt(Annotated[float, typer.Option(callback=in_range("--crop-scale-min", 0.05, 1), help="Random resized crop: smallest area fraction.")], 0.7),
     workers=Opt(Annotated[int, typer.Option(callback=in_range("--workers", 0), help="Decoding processes.")], 2),
-    seed=Opt(Annotated[int, typer.Option()], 0),
+    seed=Opt(Annotated[int, typer.Option(help="Random seed: the same seed, data and options give the same weights.")], 0),
     loss=Opt(Annotated[str, typer.Option(help="bce (binary cross-entropy, the paper's) or asl (asymmetric loss: easy negatives weigh less).")], "bce"),
     ema=Opt(Annotated[float, typer.Option(callback=in_range("--ema", 0, 0.9999), help="Keep an exponential moving average of the weights with this decay (e.g. 0.998) and ship it; cached-feature training only.")], 0.0))
 RESULT = OptionGroup(
@@ -119,10 +122,6 @@ def train(data: "DatasetOptions", validation: "ValidationOptions", network: "Net
     with writing_into_cache():
         registered = register(path)
     info(f"model written to {path} and registered as {registered.parent}/{name}; use it with --model {name}")
-
-
-# More than this share of a set's images missing or unreadable ends the run (--allow-missing goes on).
-MAX_UNREADABLE = 0.01
 
 
 def readable_only(dataset, role: str, allow_missing: bool):

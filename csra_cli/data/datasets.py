@@ -38,6 +38,8 @@ class LabelledSet:
 def voc_root(root: str | Path) -> Path:
     """Accept VOCdevkit, VOCdevkit/VOC2007 or the folder above VOCdevkit."""
     root = Path(root)
+    if not root.exists():
+        raise CSRAError(f"--root {root}: no such folder")
     for cand in (root, root / "VOC2007", root / "VOCdevkit" / "VOC2007"):
         if (cand / "Annotations").is_dir() and (cand / "ImageSets" / "Main").is_dir():
             return cand
@@ -49,7 +51,9 @@ def read_voc(root: str | Path, split: str = "test") -> LabelledSet:
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not ids_file.is_file():
         have = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
-        raise CSRAError(f"{root}: no split '{split}' (have: {', '.join(have) or 'none'}); pick one with --split")
+        paper = " (the paper's evaluation split)" if split == "test" else ""
+        hint = f"; pass --split {'val' if 'val' in have else have[0]}" if have else ""
+        raise CSRAError(f"{root}: no split '{split}'{paper}; its splits are {', '.join(have) or 'none'}{hint}")
     ids = [ln.split()[0] for ln in ids_file.read_text().splitlines() if ln.strip()]
     index = {c: i for i, c in enumerate(VOC_CLASSES)}
     labels = np.zeros((len(ids), len(VOC_CLASSES)), dtype=np.int8)

@@ -7,6 +7,7 @@ import collections
 import multiprocessing
 import os
 import queue
+import signal
 import stat
 import threading
 import time
@@ -83,6 +84,9 @@ _worker_pre: Preprocess | None = None
 def _init_worker(preprocess: Preprocess, parent_alive=None) -> None:
     global _worker_pre
     _worker_pre = preprocess
+    # Ctrl-C reaches the whole foreground process group: csra handles it (one line, the journal
+    # kept for --resume) and ends its workers; a worker's own KeyboardInterrupt traceback is noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_alive is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_alive,), daemon=True, name="csra-parent").start()
 

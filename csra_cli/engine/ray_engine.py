@@ -26,6 +26,7 @@ from .run_spec import RunSpec
 from .tagging import TagHooks, TagPolicy, TagStats, deliver, image_record, pending, record_stamp
 
 INSTALL_HINT = "pip install 'csra[ray]'"
+WORKER_NICENESS = "RAY_worker_niceness"  # read by a raylet this process starts
 
 
 def require_ray():
@@ -53,6 +54,9 @@ def ray_session(address: str | None):
     else a local instance sized to this machine); one already open in this process is reused."""
     ray = require_ray()
     started = not ray.is_initialized()
+    # Ray starts its workers at nice 15; a local instance started here runs csra's own job, whose
+    # workers would otherwise starve behind any other busy process (a cluster keeps its setting).
+    os.environ.setdefault(WORKER_NICENESS, "0")
     with ray_lines_to_log() if started else contextlib.nullcontext():
         if started:
             try:

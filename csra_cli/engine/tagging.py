@@ -39,12 +39,14 @@ class TagStats:
 @dataclass(frozen=True, eq=False)
 class TagPolicy:
     """How scores become an image's tags: each class's threshold, at most ``top_k`` (best
-    first), only the ``allowed`` classes (None: all), and whether records keep every score."""
+    first), only the ``allowed`` classes (None: all), whether records keep every score, and the
+    name each class's tag is written as (None: the class names)."""
 
     thresholds: np.ndarray
     top_k: int | None = None
     allowed: np.ndarray | None = None
     all_scores: bool = False
+    names: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,66 @@ def policy_for(card, selection) -> TagPolicy:
     make for a model: --threshold sets every class; the card's per-class thresholds apply only
     without it; a thresholds file overrides the classes it names."""
     names = card.classes
+    if selection.top_k is not None and selection.top_k > len(names):
+        raise CSRAError(f"--top-k {selection.top_k}: {card.name} has only {len(names)} classes")
     per_class = (np.full(len(names), selection.threshold, dtype=np.float64) if selection.threshold is not None
                  else np.array(card.class_thresholds(), dtype=np.float64))
     if selection.thresholds:
         table = read_thresholds_file(selection.thresholds, names)
         per_class = np.array([table.get(c, t) for c, t in zip(names, per_class)])
-    return TagPolicy(per_class, selection.top_k, class_subset(selection.classes, names), selection.scores)
+    shown = card.tag_names()
+    renames = read_renames(getattr(selection, "rename", None), names, shown)
+    shown = [renames.get(c, s) for c, s in zip(names, shown)]
+    allowed = class_subset(selection.classes, names)
+    left_out = excluded(getattr(selection, "exclude", None), names, shown)
+    if left_out is not None:
+        allowed = ~left_out if allowed is None else allowed & ~left_out
+    return TagPolicy(per_class, selection.top_k, allowed, selection.scores, shown if shown != names else None)
+
+
+def read_renames(spec: str | None, classes: list[str], shown: list[str]) -> dict[str, str]:
+    """--rename old=new,old2=new2 or a file (JSON {old: new} or CSV old,new): class -> tag name.
+    ``old`` is a class or its display name; a name may be given to one class only."""
+    if not spec:
+        return {}
+    p = Path(spec)
+    if p.is_file():
+        text = p.read_text(encoding="utf-8")
+        try:
+            pairs = (list(json.loads(text).items()) if p.suffix.lower() == ".json" or text.lstrip().startswith("{")
+                     else [tuple(c.strip() for c in ln.split(",", 1)) for ln in text.splitlines() if "," in ln])
+        except (ValueError, AttributeError) as exc:
+            raise CSRAError(f"--rename {spec}: expected JSON {{old: new}} or CSV old,new lines ({exc})") from None
+    else:
+        pairs = [tuple(x.strip() for x in item.split("=", 1)) for item in spec.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise CSRAError(f"--rename {spec!r}: give old=new pairs, comma-separated (or a JSON/CSV file)")
+    by_name = {**{s: c for c, s in zip(classes, shown)}, **{c: c for c in classes}}
+    table = {}
+    for old, new in pairs:
+        if old not in by_name:
+            raise CSRAError(f"--rename: unknown class {old!r}; the model's classes are {', '.join(classes)}")
+        if not isinstance(new, str) or not new.strip() or ";" in new:
+            raise CSRAError(f"--rename {old}={new!r}: give a non-empty name without ';'")
+        table[by_name[old]] = new.strip()
+    final = [table.get(c, s) for c, s in zip(classes, shown)]
+    twice = sorted({n for n in final if final.count(n) > 1})
+    if twice:
+        raise CSRAError(f"--rename: {', '.join(twice)} would name two classes; give each class its own name")
+    return table
+
+
+def excluded(spec: str | None, classes: list[str], shown: list[str]) -> np.ndarray | None:
+    """--exclude a,b: the classes never given as tags (by class or tag name)."""
+    if spec is None:
+        return None
+    wanted = {c.strip() for c in spec.split(",") if c.strip()}
+    if not wanted:
+        raise CSRAError("--exclude: give at least one class name (comma-separated)")
+    unknown = sorted(wanted - set(classes) - set(shown))
+    if unknown:
+        raise CSRAError(f"--exclude: unknown {', '.join(unknown)}; the model's classes are {', '.join(classes)}")
+    return np.array([c in wanted or s in wanted for c, s in zip(classes, shown)])
 
 
 def choose_tags(probs: np.ndarray, policy: TagPolicy) -> list[int]:
@@ -88,7 +144,8 @@ def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[
     if error:
         return make_record(path, [], {}, error, **(stamp or {}))
     chosen = choose_tags(probs, policy)
-    return make_record(path, [classes[c] for c in chosen], {classes[c]: round(float(probs[c]), 6) for c in chosen},
+    names = policy.names or classes  # tags (and their scores) by tag name; the full table by class
+    return make_record(path, [names[c] for c in chosen], {names[c]: round(float(probs[c]), 6) for c in chosen},
                        "", {c: round(float(s), 6) for c, s in zip(classes, probs)} if policy.all_scores else None,
                        **(stamp or {}))
 

@@ -46,6 +46,8 @@ class ModelCard:
     std: list[float] | None = None
     threshold: float = 0.5
     thresholds: dict[str, float] | None = None  # per-class, chosen on a validation split
+    # The name a tag is written as, per class (tvmonitor -> tv); scores keep the class names.
+    display_names: dict[str, str] | None = None
     arch_kwargs: dict = field(default_factory=dict)  # e.g. a ViT's img_size / depth
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -92,6 +94,13 @@ class ModelCard:
                 raise ValueError("thresholds must map class names to numbers")
             for c, t in self.thresholds.items():
                 _number(t, f"thresholds[{c!r}]", 0, 1)
+        if self.display_names is not None:
+            if not isinstance(self.display_names, dict) or not all(
+                    isinstance(v, str) and v.strip() for v in self.display_names.values()):
+                raise ValueError("display_names must map class names to non-empty names")
+            unknown = sorted(set(self.display_names) - set(self.classes))
+            if unknown:
+                raise ValueError(f"display_names names unknown classes: {', '.join(unknown)}")
         if self.weights_file != "" and not _is_weights_name(self.weights_file, "weights_file"):
             raise ValueError(f"weights_file is {self.weights_file!r}; expected a .safetensors file name "
                              "in the card's folder")
@@ -102,6 +111,11 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def tag_names(self) -> list[str]:
+        """The name each class's tag is written as: its display name, else the class name."""
+        shown = self.display_names or {}
+        return [shown.get(c, c) for c in self.classes]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -112,6 +112,10 @@ document.documentElement.dataset.readyMs = Math.round(performance.now());  // fo
 """
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def build_tag_report(records: Iterable[dict], page: Path, *, title: str = "csra tags", source: str = "",
                      workers: int | None = None) -> dict:
     """Write the page for these records (path, tags, scores, error); returns counts, size and time."""
@@ -135,7 +139,7 @@ def build_tag_report(records: Iterable[dict], page: Path, *, title: str = "csra 
     head = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1>"
-            f'<div class="muted">{len(ok)} images tagged, {len(errors)} errors, {len(counts)} distinct tags'
+            f'<div class="muted">{plural(len(ok), "image")} tagged, {plural(len(errors), "error")}, {plural(len(counts), "distinct tag")}'
             f'{" · from " + esc(source) if source else ""} · made {when} by csra</div></header><main>'
             f'{error_block}<div class="layout"><aside><input id="q" type="search" placeholder="search paths and tags">'
             f'<button id="clear" class="clear">clear filters</button><h2>tags</h2>{tag_list}</aside>'

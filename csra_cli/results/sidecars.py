@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -83,11 +84,51 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass(frozen=True)
+class CaptionStyle:
+    """How a .txt caption is written (the kohya/wd14 conventions dataset builders expect): the
+    tags joined by ``separator``, fixed tags before and after them (each once), the file's
+    ``extension``, and beside the image or in a tree under ``folder`` that mirrors the inputs
+    (``roots``: the input folders, whose insides it mirrors)."""
+
+    separator: str = ", "
+    extension: str = ".txt"
+    prepend: tuple[str, ...] = ()
+    append: tuple[str, ...] = ()
+    folder: Path | None = None
+    roots: tuple[str, ...] = ()
+
+    def text(self, tags: list[str]) -> str:
+        fixed = set(self.prepend) | set(self.append)
+        words = list(dict.fromkeys([*self.prepend, *(t for t in tags if t not in fixed), *self.append]))
+        return self.separator.join(words) + "\n"
+
+    def path_for(self, image: str) -> Path:
+        beside = sidecar_path(image, self.extension)
+        if self.folder is None:
+            return beside
+        return self.folder / mirrored(image, self.roots).parent / beside.name
+
+
+def mirrored(image: str, roots: tuple[str, ...]) -> Path:
+    """An image's place in a mirrored tree: below the input folder it was found in, else below the
+    working folder, else its absolute path without the leading /."""
+    here = os.path.abspath(image)
+    for root in sorted((os.path.abspath(r) for r in roots), key=len, reverse=True):
+        if here.startswith(root.rstrip(os.sep) + os.sep):
+            return Path(os.path.relpath(here, root))
+    cwd = os.getcwd()
+    if here.startswith(cwd.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(here, cwd))
+    return Path(here.lstrip(os.sep))
+
+
 class SidecarWriter:
     """Writes the sidecars of one run (``kinds``: txt, xmp) and knows which .txt files are csra's."""
 
-    def __init__(self, kinds, xmp_naming: str = "full", overwrite: bool = False):
+    def __init__(self, kinds, xmp_naming: str = "full", overwrite: bool = False, captions: CaptionStyle | None = None):
         self.kinds, self.xmp_naming, self.overwrite = list(kinds), xmp_naming, overwrite
+        self.captions = captions or CaptionStyle()
         self._written: dict[Path, dict[str, str]] = {}  # folder -> name -> sha256 csra wrote
 
     def write(self, image: str, tags: list[str]) -> list[str]:
@@ -121,9 +162,14 @@ class SidecarWriter:
             self._written[folder] = table
         return self._written[folder]
 
+    def paths(self, image: str) -> list[Path]:
+        """The sidecar files this run writes for an image (for --dry-run)."""
+        return [self.captions.path_for(image) if k == "txt" else xmp_sidecar_path(image, self.xmp_naming)
+                for k in self.kinds]
+
     def write_txt(self, image: str, tags: list[str]) -> Path:
-        path = txt_sidecar_path(image)
-        data = (", ".join(tags) + "\n").encode("utf-8")
+        path = self.captions.path_for(image)
+        data = self.captions.text(tags).encode("utf-8")
         folder = path.parent
         mine = self.written(folder)
         if path.exists():

@@ -12,9 +12,11 @@ One run at a time per output: a second run on the same ``--out`` is refused (an 
 and a finished output keeps those absolute paths beside it (``.NAME.csra-index.json``; SQLite in
 its ``image_paths`` table) for a --resume from another folder. The journal, the lock and the index
 are never opened through a symlink or into a file that is not the user's own (``open_own``).
-File names that are not UTF-8 travel losslessly: raw bytes in the journal and CSV
-(surrogateescape), ``\\udcXX`` escapes in JSON. CSV cells that a spreadsheet would run as a
-formula (``= + - @``, tab, CR) get a leading ``'`` (the JSON outputs keep the exact path).
+File names that are not UTF-8 travel losslessly: raw bytes in the journal (surrogateescape); the
+outputs stay valid UTF-8 for every reader (U+FFFD in ``path``) and carry the exact bytes
+percent-encoded in ``path_bytes`` (a JSON field, a last CSV column where needed, a BLOB in
+SQLite). CSV cells that a spreadsheet would run as a formula (``= + - @``, tab, CR) get a leading
+``'`` (the JSON outputs keep the exact path).
 """
 from __future__ import annotations
 
@@ -78,14 +80,53 @@ class DoneSet(set):
         return set.__contains__(self, path_key(path))
 
 
+def text_of(value: str) -> str:
+    """Valid Unicode text for an output: bytes of a name that are not UTF-8 (carried inside csra
+    as surrogate escapes) become U+FFFD; the exact bytes travel in ``path_bytes``."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def path_bytes(path: str) -> str | None:
+    """The exact bytes of a path that is not valid UTF-8, percent-encoded (lossless:
+    ``urllib.parse.unquote_to_bytes`` gives them back); None for every other path."""
+    from urllib.parse import quote
+
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return quote(os.fsencode(path), safe="/ ")
+
+
+def path_from(text: str, raw: str | None) -> str:
+    """The path a record names: from its ``path_bytes`` where it has them."""
+    from urllib.parse import unquote_to_bytes
+
+    return os.fsdecode(unquote_to_bytes(raw)) if raw else text
+
+
 def to_json(obj) -> str:
-    """JSON text that is valid UTF-8: names that are not (surrogateescape) become escapes."""
+    """JSON text that is valid UTF-8 and that every JSON reader takes (no lone surrogates)."""
     text = json.dumps(obj, ensure_ascii=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(obj)
+        text = json.dumps(_texts(obj), ensure_ascii=False)
     return text
+
+
+def _texts(obj):
+    if isinstance(obj, str):
+        return text_of(obj)
+    if isinstance(obj, dict):
+        return {text_of(k): _texts(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_texts(v) for v in obj]
+    return obj
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
@@ -102,22 +143,33 @@ def csv_uncell(text: str) -> str:
 
 
 def public_record(rec: dict) -> dict:
-    """The JSON shape: path, tags, scores (tag -> score; every class with --scores), error."""
+    """The JSON shape: path, tags, scores (tag -> score; every class with --scores), error, and
+    ``path_bytes`` for a path that is not valid UTF-8 (``path`` then shows U+FFFD for its bad bytes)."""
     scores = rec.get("all_scores") or rec["scores"]
-    return {"path": rec["path"], "tags": rec["tags"], "scores": scores, "error": rec["error"]}
+    out = {"path": text_of(rec["path"]), "tags": rec["tags"], "scores": scores, "error": rec["error"]}
+    raw = path_bytes(rec["path"])
+    if raw is not None:
+        out["path_bytes"] = raw
+    return out
 
 
 class CSVRenderer:
-    def __init__(self, fh: TextIO, classes: list[str] | None):
-        self.classes = classes
+    """``path,tags,error`` (then every class's score with --scores), and a last column
+    ``path_bytes`` where some path is not valid UTF-8 (``raw_column``)."""
+
+    def __init__(self, fh: TextIO, classes: list[str] | None, raw_column: bool = False):
+        self.classes, self.raw_column = classes, raw_column
         self.writer = csv.writer(fh, lineterminator="\n")
-        self.writer.writerow(["path", "tags", "error"] + [csv_cell(c) for c in classes or []])
+        self.writer.writerow(["path", "tags", "error"] + [csv_cell(c) for c in classes or []]
+                             + (["path_bytes"] if raw_column else []))
 
     def write(self, rec: dict) -> None:
-        row = [csv_cell(rec["path"]), csv_cell(";".join(rec["tags"])), csv_cell(rec["error"] or "")]
+        row = [csv_cell(text_of(rec["path"])), csv_cell(";".join(rec["tags"])), csv_cell(text_of(rec["error"] or ""))]
         if self.classes:
             scores = rec.get("all_scores") or {}
             row += ["" if c not in scores else f"{scores[c]:.6f}" for c in self.classes]
+        if self.raw_column:
+            row.append(path_bytes(rec["path"]) or "")
         self.writer.writerow(row)
 
     def close(self) -> None:
@@ -125,7 +177,7 @@ class CSVRenderer:
 
 
 class JSONLRenderer:
-    def __init__(self, fh: TextIO, classes=None):
+    def __init__(self, fh: TextIO, classes=None, raw_column=False):
         self.fh = fh
 
     def write(self, rec: dict) -> None:
@@ -138,7 +190,7 @@ class JSONLRenderer:
 class JSONRenderer:
     """A JSON array written record by record (never all in memory)."""
 
-    def __init__(self, fh: TextIO, classes=None):
+    def __init__(self, fh: TextIO, classes=None, raw_column=False):
         self.fh, self.first = fh, True
         fh.write("[")
 
@@ -260,13 +312,14 @@ def _read_output(path: Path, fmt: str) -> Iterator[dict]:
             header = [csv_uncell(c) for c in next(reader, [])]
             if header[:3] != ["path", "tags", "error"]:
                 raise ValueError("its header is not path,tags,error")
-            extra = header[3:]
+            extra = [c for c in header[3:] if c != "path_bytes"]
             for cells in reader:
                 row = dict(zip(header, cells))
                 tags = [t for t in csv_uncell(row["tags"]).split(";") if t]
                 all_scores = {c: float(row[c]) for c in extra if row.get(c)} or None
                 scores = {t: (all_scores or {}).get(t) for t in tags}
-                yield make_record(csv_uncell(row["path"]), tags, scores, csv_uncell(row["error"]), all_scores)
+                yield make_record(path_from(csv_uncell(row["path"]), row.get("path_bytes")), tags, scores,
+                                  csv_uncell(row["error"]), all_scores)
         return
     text = path.read_text(encoding="utf-8")
     items = json.loads(text) if fmt == "json" else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
@@ -275,7 +328,8 @@ def _read_output(path: Path, fmt: str) -> Iterator[dict]:
     for it in items:
         if not isinstance(it, dict) or not isinstance(it.get("scores"), dict) or not isinstance(it.get("tags"), list):
             raise TypeError("a record is not {path, tags, scores, error}")
-        yield make_record(it["path"], it["tags"], {t: it["scores"].get(t) for t in it["tags"]},
+        yield make_record(path_from(it["path"], it.get("path_bytes")), it["tags"],
+                          {t: it["scores"].get(t) for t in it["tags"]},
                           it.get("error") or "", it["scores"] if len(it["scores"]) > len(it["tags"]) else None)
 
 
@@ -418,8 +472,9 @@ class FileSink:
                 write_db(tmp, read_journal(self.journal))
                 fsync_file(tmp)
             else:
-                with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
-                    renderer = RENDERERS[self.fmt](fh, self.classes)
+                with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                    raw = any(path_bytes(r["path"]) for r in read_journal(self.journal))
+                    renderer = RENDERERS[self.fmt](fh, self.classes, raw)
                     for rec in read_journal(self.journal):
                         renderer.write(rec)
                     renderer.close()
@@ -452,11 +507,12 @@ class StreamSink:
         self.stream = stream or sys.stdout
         self.done = DoneSet()
         self.retrying = 0
-        try:  # names that are not UTF-8 go out as the bytes they are (CSV; JSON escapes them)
-            self.stream.reconfigure(errors="surrogateescape")
+        try:  # every text is valid already; a stray surrogate must not end the run
+            self.stream.reconfigure(errors="replace")
         except (AttributeError, ValueError):
             pass
-        self.renderer = RENDERERS[fmt](self.stream, classes)
+        # A stream cannot look ahead for names that are not UTF-8: its CSV always has path_bytes.
+        self.renderer = RENDERERS[fmt](self.stream, classes, True)
 
     def write(self, rec: dict) -> None:
         self.renderer.write(rec)
