@@ -87,17 +87,27 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def open_own(path: str | Path, flags: int, mode: int = 0o644) -> int:
-    """os.open for csra's own state files: never through a symlink (O_NOFOLLOW), and only a
-    regular file owned by this user; else ``NotOwnFile`` naming the path."""
+    """os.open for csra's own state files: never through a symlink (O_NOFOLLOW), never blocking on
+    a FIFO, and only a regular file; one that was there already must be this user's (a file this
+    call creates is, whatever a network filesystem reports as its owner). Else ``NotOwnFile``."""
     why = "not csra's own file (a symlink, not a regular file, or another user's); remove it"
+    extra = _O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    created = False
     try:
-        fd = os.open(path, flags | _O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0), mode)
+        if flags & os.O_CREAT:
+            try:
+                fd, created = os.open(path, flags | os.O_EXCL | extra, mode), True
+            except FileExistsError:
+                fd = os.open(path, (flags & ~os.O_CREAT) | extra)
+        else:
+            fd = os.open(path, flags | extra)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK) or (exc.errno == errno.ENXIO and os.path.islink(path)):
+        # ELOOP: a symlink; ENXIO: a FIFO with no reader, or a socket
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):
             raise NotOwnFile(exc.errno, why, str(path)) from None
         raise
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+    if not stat.S_ISREG(st.st_mode) or (not created and hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
         os.close(fd)
         raise NotOwnFile(errno.EPERM, why, str(path))
     if getattr(os, "O_NONBLOCK", 0):  # only so that opening a planted FIFO cannot block; files don't care

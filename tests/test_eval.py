@@ -154,7 +154,7 @@ def test_flip_averaging_gives_an_image_and_its_mirror_the_same_scores(tmp_path, 
     def scores(*flags):
         out = tmp_path / f"s{len(flags)}.csv"
         res = invoke("eval", "--dataset", "csv", "--labels", lab, "-m", tiny_model_path, "--save-scores", out,
-                     "--json", tmp_path / "r.json", "-q", *flags)
+                     "--json", tmp_path / "r.json", "-q", "--overwrite", *flags)  # r.json again: --overwrite
         assert res.exit_code == 0, res.output
         return pd.read_csv(out).iloc[:, 1:].to_numpy(), json.loads((tmp_path / "r.json").read_text())
 

@@ -267,3 +267,20 @@ def test_small_things_in_help_and_pages(tmp_path, tiny_model_path):
     assert map_split({"kind": "official"}) == "test" and map_split({"kind": "shipped"}) == "val"
     readme = (REPO / "README.md").read_text()
     assert "csra tag ./photos --sidecar txt,xmp --out " in readme
+
+
+def test_captions_of_two_input_folders_never_share_a_file(tmp_path, tiny_model_path):
+    for year in ("2023", "2024"):
+        make_image(tmp_path / year / "IMG_1.jpg")
+    caps = tmp_path / "caps"
+    res = csra("tag", tmp_path / "2023", tmp_path / "2024", "-m", tiny_model_path, "-q", "--sidecar", "txt",
+               "--caption-dir", caps, "-o", tmp_path / "t.jsonl")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.relative_to(caps).as_posix() for p in caps.rglob("*.txt")) == ["2023/IMG_1.txt", "2024/IMG_1.txt"]
+
+
+def test_resume_of_a_finished_run_rebuilds_its_own_report(tmp_path, image_folder, tiny_model_path):
+    out, page = tmp_path / "t.csv", tmp_path / "t.html"
+    args = ["tag", image_folder, "-m", tiny_model_path, "-q", "-o", out, "--report", page]
+    assert csra(*args).exit_code == 0 and page.exists()
+    assert csra(*args, "--resume").exit_code == 0

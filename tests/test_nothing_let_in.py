@@ -257,6 +257,7 @@ def test_train_leaves_out_unreadable_images_and_refuses_a_large_share(tmp_path):
     assert "(2 unreadable left out)" in res.stderr
     card = ModelCard.load(tmp_path / "run" / "toy.json")
     assert card.training["images"] == 119 and card.training["unreadable_images"]["count"] == 2
+    assert sorted(card.training["unreadable_images"]["names"]) == ["7.png", "missing.png"]
 
 
 def test_messages_name_their_file(tmp_path, monkeypatch, tiny_model_path):

@@ -75,9 +75,10 @@ def tag(inputs: "TagInputs", output: "TagOutput", run: RunSpec, selection: "TagS
         if exc.errno == errno.EPIPE:  # csra tag ... | head: the reader is gone, nobody to tell
             _silence_stdout()
             raise typer.Exit(EXIT_BROKEN_PIPE)
-        # a write() that fails names no file: it was the output's (its journal, or stdout)
-        where = exc.filename or ("stdout" if output.out == "-" else output.out)
-        raise CSRAError(f"cannot write {where}: {exc.strerror or exc}") from exc
+        where = exc.filename
+        if where is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            where = "stdout" if output.out == "-" else output.out  # a full disk's write() names no file
+        raise CSRAError(f"cannot write{f' {where}' if where else ''}: {exc.strerror or exc}") from exc
 
 
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
@@ -189,7 +190,8 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
     check_streams(inputs, output)
     out = output.out
     fmt = format_for(out, output.fmt)
-    page = check_report_path(output.report, out, overwrite=output.overwrite)
+    # the page is made anew from the output: --resume may rebuild the one it made before
+    page = check_report_path(output.report, out, overwrite=output.overwrite or output.resume)
     streamed: list[dict] = []  # the records for --report when they go to stdout
     check_uris(inputs, run, kinds)
     check_output(out)

@@ -115,7 +115,9 @@ def train(data: "DatasetOptions", validation: "ValidationOptions", network: "Net
          f"{f' (run at {run_size}px)' if run_size else ''} on {len(train_set)} images"
          + (f", validating on {len(val_set)}" if val_set else "")
          + (f" ({len(left_out)} unreadable left out)" if left_out else ""))
-    extra = {"unreadable_images": {"count": len(left_out), "paths": [p for p, _ in left_out][:1000]}} if left_out else None
+    # file names only: a card may be published, and absolute paths would show the user's folders
+    extra = ({"unreadable_images": {"count": len(left_out), "names": [Path(p).name for p, _ in left_out][:1000]}}
+             if left_out else None)
     path, report = run_train(cfg, train_set, val_set, out, name, resume=result.resume, log=info, card_extra=extra)
     if report:
         info(f"val mAP {report['mAP']:.2f}  CF1 {report['CF1']:.2f}  OF1 {report['OF1']:.2f}")

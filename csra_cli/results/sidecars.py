@@ -111,12 +111,14 @@ class CaptionStyle:
 
 
 def mirrored(image: str, roots: tuple[str, ...]) -> Path:
-    """An image's place in a mirrored tree: below the input folder it was found in, else below the
-    working folder, else its absolute path without the leading /."""
+    """An image's place in a mirrored tree: below the input folder it was found in (one input
+    folder: its inside; several: each under its own name, so 2023/a.jpg and 2024/a.jpg stay two),
+    else below the working folder, else its absolute path without the leading /."""
     here = os.path.abspath(image)
-    for root in sorted((os.path.abspath(r) for r in roots), key=len, reverse=True):
+    folders = sorted({os.path.abspath(r) for r in roots}, key=len, reverse=True)
+    for root in folders:
         if here.startswith(root.rstrip(os.sep) + os.sep):
-            return Path(os.path.relpath(here, root))
+            return Path(os.path.relpath(here, root if len(folders) == 1 else os.path.dirname(root)))
     cwd = os.getcwd()
     if here.startswith(cwd.rstrip(os.sep) + os.sep):
         return Path(os.path.relpath(here, cwd))
@@ -130,6 +132,7 @@ class SidecarWriter:
         self.kinds, self.xmp_naming, self.overwrite = list(kinds), xmp_naming, overwrite
         self.captions = captions or CaptionStyle()
         self._written: dict[Path, dict[str, str]] = {}  # folder -> name -> sha256 csra wrote
+        self._this_run: dict[Path, str] = {}  # caption -> the image it was written for
 
     def write(self, image: str, tags: list[str]) -> list[str]:
         """Write every sidecar of one image; the problems, one line each (never raises)."""
@@ -170,6 +173,8 @@ class SidecarWriter:
     def write_txt(self, image: str, tags: list[str]) -> Path:
         path = self.captions.path_for(image)
         data = self.captions.text(tags).encode("utf-8")
+        if path in self._this_run:  # two images, one caption file (a flattened tree): never silently
+            raise ValueError(f"{path} is already the caption of {self._this_run[path]} in this run")
         folder = path.parent
         mine = self.written(folder)
         if path.exists():
@@ -177,13 +182,20 @@ class SidecarWriter:
                 raise ValueError(f"{path} is an image; a sidecar never replaces one")
             if not self.overwrite and mine.get(path.name) != _sha256(path.read_bytes()):
                 raise ValueError(f"{path} exists and csra did not write it; --overwrite-sidecars replaces it")
-        atomic_write_bytes(path, data)
         digest = _sha256(data)
-        if mine.get(path.name) != digest:
-            with os.fdopen(open_own(folder / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w",
-                           encoding="utf-8") as fh:
-                fh.write(json.dumps({"name": path.name, "sha256": digest}) + "\n")
-            mine[path.name] = digest
+        folder.mkdir(parents=True, exist_ok=True)
+        # the manifest first: a caption csra cannot note would count as the user's next time
+        note = None if mine.get(path.name) == digest else os.fdopen(
+            open_own(folder / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w", encoding="utf-8")
+        try:
+            atomic_write_bytes(path, data)
+            if note is not None:
+                note.write(json.dumps({"name": path.name, "sha256": digest}) + "\n")
+                mine[path.name] = digest
+        finally:
+            if note is not None:
+                note.close()
+        self._this_run[path] = image
         return path
 
 
