@@ -62,3 +62,19 @@ def image_folder(tmp_path) -> Path:
     make_image(folder / "nested" / "c.webp")
     make_image(folder / "nested" / "deeper" / "d.BMP")
     return folder
+
+
+def run_cli(*args, **kw):
+    """``csra ARGS`` through Typer's test runner (stdout and stderr apart), tracebacks raised."""
+    from typer.testing import CliRunner
+
+    from csra_cli.cli import app
+
+    return CliRunner().invoke(app, [*map(str, args)], catch_exceptions=False, **kw)
+
+
+def one_line(res) -> str:
+    """The one line of stderr a refused command prints (and that it printed no traceback)."""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]

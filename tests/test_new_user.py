@@ -14,25 +14,14 @@ from urllib.parse import unquote_to_bytes
 import pandas as pd
 import pytest
 import typer
-from typer.testing import CliRunner
 
 from csra_cli.cli import app
 
-from .conftest import make_image
+from .conftest import make_image, one_line
+from .conftest import run_cli as csra
 
-runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "csra_cli" / "results" / "record.schema.json"
-
-
-def csra(*args, **kw):
-    return runner.invoke(app, [*map(str, args)], catch_exceptions=False, **kw)
-
-
-def one_line(res) -> str:
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    return lines[0]
 
 
 @pytest.fixture

@@ -11,24 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from csra_cli.cli import app
+from .conftest import make_image, one_line
+from .conftest import run_cli as csra
 
-from .conftest import make_image
-
-runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
-
-
-def csra(*args, **kw):
-    return runner.invoke(app, [*map(str, args)], catch_exceptions=False, **kw)
-
-
-def one_line(res) -> str:
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.output, res.output
-    return lines[0]
 
 
 @pytest.mark.parametrize("ext", ["csv", "jsonl", "sqlite"])

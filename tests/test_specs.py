@@ -62,6 +62,7 @@ def test_build_runner_reads_the_run_value(tiny_model_path):
 def test_an_option_group_becomes_one_parameter_typer_sees_as_options():
     group = OptionGroup("Pair", "Pair", left=Opt(Annotated[int, typer.Option(help="Left.")], REQUIRED),
                         right=Opt(Annotated[Optional[str], typer.Option(help="Right.")]))
+    Pair = group.build  # noqa: N806  (the record type the command receives)
     seen = []
     demo = typer.Typer()
 

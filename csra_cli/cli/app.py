@@ -270,6 +270,7 @@ DATASET_OPTIONS = OptionGroup(
     images=Opt(Annotated[Optional[str], typer.Option(help="COCO: images folder.")]),
     labels=Opt(Annotated[Optional[str], typer.Option(help="CSV: labels file with the columns path,tags.")]),
     tag_sep=Opt(Annotated[str, typer.Option(help="CSV: tag separator.")], ";"))
+DatasetOptions = DATASET_OPTIONS.build
 
 
 def open_selected(data):

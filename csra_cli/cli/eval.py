@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import (DATASET_OPTIONS, RUN_OPTIONS, OverwriteOpt, QuietOpt, app, check_engine, check_output, handle_errors, in_range,
-                  open_selected, runner_for)
+from .app import (DATASET_OPTIONS, RUN_OPTIONS, DatasetOptions, OverwriteOpt, QuietOpt, app, check_engine,
+                  check_output, handle_errors, in_range, open_selected, runner_for)
 from ..console import err, start_progress, warn
 from ..engine.run_spec import RunSpec
 from ..errors import CSRAError
@@ -30,6 +30,8 @@ MEASURES = OptionGroup(
     threshold=Opt(Annotated[float, typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1),
                                                 help="Threshold for CP/CR/CF1/OP/OR/OF1.")], 0.5),
     ap=Opt(Annotated[str, typer.Option("--ap", help="exact (non-interpolated, as the paper) or voc07-11pt.")], "exact"))
+EvalOutputs = OUTPUTS.build
+EvalMeasures = MEASURES.build
 
 
 @app.command("eval")

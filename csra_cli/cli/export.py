@@ -20,6 +20,7 @@ INT8_OPTIONS = OptionGroup(
     calibrate_on=Opt(Annotated[Optional[str], typer.Option("--calibrate-on", help="int8 calibration images: a folder, a glob, "
                                                            "or a .txt list (one path a line, # comments).")]),
     calibration_images=Opt(Annotated[int, typer.Option("--calibration-images", min=1, help="Use at most N calibration images.")], 150))
+Int8Options = INT8_OPTIONS.build
 
 
 class ExportFailed(CSRAError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from copy import copy
 from dataclasses import dataclass, make_dataclass
 from typing import Annotated, Any, Callable, Iterable, get_args
@@ -60,8 +61,9 @@ class OptionGroup:
     names a frozen record with one field per option. ``panel``: their heading in --help."""
 
     def __init__(self, build: Callable[..., Any] | str, panel: str | None = None, **options: Opt):
-        if isinstance(build, str):
+        if isinstance(build, str):  # the defining module names it (TagInputs = INPUTS.build): picklable
             build = make_dataclass(build, list(options), frozen=True)
+            build.__module__ = sys._getframe(1).f_globals.get("__name__", build.__module__)
         self.build, self.panel, self.options = build, panel, options
 
     def into(self, param: str, *, only: Iterable[str] | None = None, defaults: dict | None = None,

@@ -50,6 +50,10 @@ SIDECARS = OptionGroup(
     prepend=Opt(Annotated[Optional[str], typer.Option("--prepend", help="Fixed tags at the start of every caption (comma-separated), e.g. a trigger word.")]),
     append=Opt(Annotated[Optional[str], typer.Option("--append", help="Fixed tags at the end of every caption (comma-separated).")]),
     caption_dir=Opt(Annotated[Optional[str], typer.Option("--caption-dir", help="Write the captions into this folder, mirroring the input folders' tree, instead of beside the images.")]))
+TagInputs = INPUTS.build
+TagOutput = OUTPUT.build
+TagSelection = SELECTION.build
+SidecarOptions = SIDECARS.build
 
 
 @app.command()

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import DATASET_OPTIONS, app, check_output, handle_errors, in_range, open_selected, writing_into_cache
+from .app import DATASET_OPTIONS, DatasetOptions, app, check_output, handle_errors, in_range, open_selected, writing_into_cache
 from ..console import info
 from ..errors import CSRAError
 from ..models.card import heads_text
@@ -59,6 +59,10 @@ RESULT = OptionGroup(
     out=Opt(Annotated[Optional[Path], typer.Option(help="Folder for checkpoints and the model (default: runs/NAME).")]),
     name=Opt(Annotated[str, typer.Option(help="Model name: NAME.safetensors + NAME.json, also registered in $CSRA_HOME so --model NAME finds it.")], "csra-model"),
     resume=Opt(Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.pt.")], False))
+ValidationOptions = VALIDATION.build
+NetworkOptions = NETWORK.build
+ScheduleOptions = SCHEDULE.build
+ResultOptions = RESULT.build
 
 
 @app.command()
