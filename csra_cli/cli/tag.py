@@ -75,6 +75,8 @@ def tag(inputs: "TagInputs", output: "TagOutput", run: RunSpec, selection: "TagS
     except KeyboardInterrupt:  # Ctrl-C before the first image (the tag loop handles its own)
         error("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED)
+    except FileExistsError:  # an output csra would replace: handle_errors says so in one line
+        raise
     except OSError as exc:  # a full disk, /dev/full, an I/O error: one line, earlier outputs intact
         if exc.errno == errno.EPIPE:  # csra tag ... | head: the reader is gone, nobody to tell
             _silence_stdout()
