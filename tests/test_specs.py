@@ -96,3 +96,20 @@ def test_the_shared_options_are_declared_once_and_read_alike_by_every_command():
             assert params["bench"][name].opts == tag.opts
     assert "--model" in params["tag"]["source"].opts and "tta" not in params["bench"]
     assert {"source", "batch_size", "workers", "device", "precision", "backend"} <= set(params["bench"])
+
+
+def test_a_record_group_taken_in_part_keeps_the_other_defaults_and_pickles():
+    from csra_cli.cli.tag import SIDECARS, SidecarOptions
+
+    seen = []
+    demo = typer.Typer()
+
+    @demo.command()
+    @SIDECARS.into("sidecars", only=("sidecar",))
+    def show(sidecars: SidecarOptions):
+        seen.append(sidecars)
+
+    assert runner.invoke(demo, ["--sidecar", "txt"]).exit_code == 0
+    (got,) = seen
+    assert (got.sidecar, got.xmp_name, got.caption_sep) == (["txt"], "full", ", ")
+    assert pickle.loads(pickle.dumps(got)) == got and SidecarOptions().sidecar == []

@@ -13,7 +13,7 @@ import functools
 import inspect
 import sys
 from copy import copy
-from dataclasses import dataclass, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Annotated, Any, Callable, Iterable, get_args
 
 from typer.models import ArgumentInfo
@@ -56,13 +56,23 @@ def _evaluated(annotation, command):
     return annotation
 
 
+def _record_field(name: str, opt: Opt):
+    """A record field with the option's default (a list default copied anew each time)."""
+    if opt.default is REQUIRED:
+        return name, Any
+    if isinstance(opt.default, (list, dict, set)):
+        return name, Any, field(default_factory=lambda d=opt.default: copy(d))
+    return name, Any, field(default=opt.default)
+
+
 class OptionGroup:
     """Options that travel together. ``build``: called with the options as keywords; a string
     names a frozen record with one field per option. ``panel``: their heading in --help."""
 
     def __init__(self, build: Callable[..., Any] | str, panel: str | None = None, **options: Opt):
         if isinstance(build, str):  # the defining module names it (TagInputs = INPUTS.build): picklable
-            build = make_dataclass(build, list(options), frozen=True)
+            build = make_dataclass(build, [_record_field(n, o) for n, o in options.items()], frozen=True,
+                                   kw_only=True)
             build.__module__ = sys._getframe(1).f_globals.get("__name__", build.__module__)
         self.build, self.panel, self.options = build, panel, options
 
