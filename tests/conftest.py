@@ -1,4 +1,5 @@
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -78,3 +79,23 @@ def one_line(res) -> str:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.output, res.output
     return lines[0]
+
+
+def journal_lines(out: Path) -> int:
+    """Records a run has put in its journal so far (0 before it has one)."""
+    try:
+        return out.with_name(f".{out.name}.partial.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(what: str, check, proc, timeout: float = 900):
+    """Poll for an event, with a generous deadline; the run must still be going."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}")
+        time.sleep(0.02)
+    pytest.fail(f"no {what} within {timeout} s")

@@ -17,7 +17,7 @@ import typer
 
 from csra_cli.cli import app
 
-from .conftest import make_image, one_line
+from .conftest import journal_lines, make_image, one_line, wait_for
 from .conftest import run_cli as csra
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,15 +61,11 @@ def test_ctrl_c_in_a_terminal_is_one_line(tmp_path, tiny_model_path):
     for i in range(300):
         make_image(folder / f"img{i:03d}.png", size=(48, 48))
     out = tmp_path / "t.csv"
-    journal = out.with_name(f".{out.name}.partial.jsonl")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "csra_cli", "tag", str(folder), "-o", str(out), "-m",
                              str(tiny_model_path), "-j", "2", "-b", "1"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and not (journal.exists() and journal.stat().st_size):
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before Ctrl-C"
+    wait_for("a first record before Ctrl-C", lambda: journal_lines(out) >= 1, proc)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the whole foreground group
     stderr = proc.communicate(timeout=600)[1]
     assert proc.returncode == 130

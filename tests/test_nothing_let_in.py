@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_image, one_line
+from .conftest import journal_lines, make_image, one_line, wait_for
 from .conftest import run_cli as csra
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,20 +156,19 @@ def _run_tag_and_kill(tmp_path, tiny_model_path, extra):
     for i in range(400):
         make_image(folder / f"img{i:03d}.png", size=(96, 96))
     out = tmp_path / "t.jsonl"
-    journal = out.with_name(f".{out.name}.partial.jsonl")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "csra_cli", "tag", str(folder), "-m", str(tiny_model_path), "-q",
                              "-o", str(out), "-b", "1", *extra], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 900
-    kids: list = []
-    while time.time() < deadline and proc.poll() is None:  # mid-run: records written, workers up
-        kids = psutil.Process(proc.pid).children(recursive=True)
-        if journal.exists() and journal.stat().st_size > 0 and any("forkserver" in " ".join(k.cmdline())
-                                                                   for k in kids if k.is_running()):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed mid-run"
+
+    def mid_run() -> bool:  # records written, the decode workers up
+        try:
+            kids = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # it ended: wait_for says so
+            return False
+        return journal_lines(out) >= 1 and any("forkserver" in " ".join(k.cmdline()) for k in kids if k.is_running())
+
+    wait_for("the run to be mid-way (records and decode workers)", mid_run, proc)
     kids = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.wait()

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 
 from csra_cli.cli import app
 
-from .conftest import make_image
+from .conftest import journal_lines, make_image, wait_for
 
 try:
     import ray.cluster_utils
@@ -30,25 +29,6 @@ FAST_FAILURE = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_t
 
 def records(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines()]
-
-
-def lines_in(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def wait_for(what: str, check, proc, timeout: float = 900):
-    """Poll for an event, with a generous deadline; the run must still be going."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}")
-        time.sleep(0.02)
-    pytest.fail(f"no {what} within {timeout} s")
 
 
 @pytest.fixture
@@ -70,13 +50,12 @@ def test_losing_a_node_then_the_driver_loses_and_repeats_no_image(three_nodes, t
     for i in range(600):
         make_image(folder / f"img{i:03d}.png", size=(32, 32))
     out = tmp_path / "tags.jsonl"
-    journal = out.with_name(f".{out.name}.partial.jsonl")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": cluster.address}
     cmd = [sys.executable, "-m", "csra_cli", "tag", str(folder), "-m", str(tiny_model_path), "--engine", "ray",
            "-b", "2", "-q", "-o", str(out)]
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for("a first record", lambda: lines_in(journal) >= 1, proc)
+    wait_for("a first record", lambda: journal_lines(out) >= 1, proc)
     workers[0].kill_raylet()  # kill -9 of one worker node's raylet, mid-run
     stderr = proc.communicate(timeout=600)[1]
     assert proc.returncode == 0, stderr
@@ -86,13 +65,12 @@ def test_losing_a_node_then_the_driver_loses_and_repeats_no_image(three_nodes, t
 
     # the driver itself killed mid-run, then --resume on the two nodes left
     out2 = tmp_path / "again.jsonl"
-    journal2 = out2.with_name(f".{out2.name}.partial.jsonl")
     cmd2 = cmd[:-1] + [str(out2)]
     proc = subprocess.Popen(cmd2, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for("a first record", lambda: lines_in(journal2) >= 1, proc)
+    wait_for("a first record", lambda: journal_lines(out2) >= 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = lines_in(journal2)
+    done_before = journal_lines(out2)
     assert 1 <= done_before < 600
     res = subprocess.run(cmd2 + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 from csra_cli.cli import app
 from csra_cli.data.classes import VOC_CLASSES
 
-from .conftest import make_image
+from .conftest import journal_lines, make_image, wait_for
 
 runner = CliRunner()
 
@@ -208,11 +207,6 @@ def test_symlink_loop_and_globs(tmp_path, tiny_model_path):
     assert len(res.stdout.splitlines()) == 1
 
 
-def _journal_lines(out: Path) -> int:
-    j = out.with_name(f".{out.name}.partial.jsonl")
-    return j.read_text().count("\n") if j.exists() else 0
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_resume_after_a_killed_run_gives_every_image_once(tmp_path, tiny_model_path, sig):
     folder = tmp_path / "many"
@@ -224,12 +218,10 @@ def test_resume_after_a_killed_run_gives_every_image_once(tmp_path, tiny_model_p
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Kill points chosen by progress, with deadlines that a loaded machine meets (issue 33):
     # the test waits for events, it does not bet on the machine's speed.
-    deadline = time.time() + 600
-    while _journal_lines(out) < 10 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
+    wait_for("10 records", lambda: journal_lines(out) >= 10, proc, timeout=600)
     proc.send_signal(sig)
     stderr = proc.communicate(timeout=600)[1]
-    done_before = _journal_lines(out)
+    done_before = journal_lines(out)
     assert 0 < done_before < 150, "the run should have been stopped part way"
     assert not out.exists(), "no half-written output"
     if sig == signal.SIGINT:

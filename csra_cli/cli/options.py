@@ -44,15 +44,10 @@ def _shown(annotation, text: str | None, panel: str | None):
 
 
 def _evaluated(annotation, command):
-    """An annotation written as text (``from __future__ import annotations``) as the object it names;
-    a name only a decorator above knows (another group's parameter, which it replaces) stays text."""
+    """An annotation written as text (``from __future__ import annotations``) as the object it names
+    (a group's record type too: its module names it, ``TagInputs = INPUTS.build``)."""
     if isinstance(annotation, str):
-        try:
-            return eval(annotation, inspect.unwrap(command).__globals__)  # noqa: S307 (the module's own source)
-        except NameError:
-            if annotation.isidentifier():  # a group's record type, named for the reader only
-                return annotation
-            raise
+        return eval(annotation, inspect.unwrap(command).__globals__)  # noqa: S307 (the module's own source)
     return annotation
 
 

@@ -8,7 +8,7 @@ import typer
 
 from ..console import info
 from ..errors import CSRAError
-from .app import OverwriteOpt, QuietOpt, app, handle_errors
+from .app import OverwriteOpt, QuietOpt, app, check_output, handle_errors
 
 # Shared by ``tag --report`` and ``eval --report``.
 ReportOpt = Annotated[Optional[str], typer.Option(
@@ -29,8 +29,7 @@ def check_report_path(report: str | None, *others: str | None, overwrite: bool =
                         else f"{flag} {report}: is a folder")
     if any(o and o != "-" and Path(o).resolve() == page.resolve() for o in others):
         raise CSRAError(f"{flag} {report}: is also the output; give the page its own name")
-    if page.exists() and not overwrite:
-        raise CSRAError(f"{flag} {report} exists; use --overwrite to replace it")
+    check_output(page, flag, overwrite)  # the one rule for files that exist
     return page
 
 

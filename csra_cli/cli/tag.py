@@ -189,7 +189,7 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
     from ..engine.device import set_threads
     from ..engine.tagging import TagHooks, policy_for, run_tagging
     from ..results.sidecars import SidecarWriter
-    from ..results.sinks import FileSink, StreamSink, format_for, path_key, read_output
+    from ..results.sinks import FileSink, StreamSink, format_for, read_output
 
     kinds = sidecar_kinds(sidecars)
     captions = caption_style(sidecars, inputs)
@@ -206,17 +206,12 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
     if card is not None:
         policy_for(card, selection)  # --classes, --thresholds, --top-k refused before any export
     writer = SidecarWriter(kinds, sidecars.xmp_name, sidecars.overwrite_sidecars, captions)
-    if dry_run:
-        from ..results.sinks import DoneSet, finished_records, journal_path, read_journal
+    if dry_run:  # what the run would refuse, it refuses here too
+        from ..results.sinks import done_keys, refuse_existing
 
-        if out != "-" and Path(out).exists() and not (output.resume or output.overwrite):
-            raise FileExistsError(f"{out} exists; use --overwrite to replace it or --resume to continue it")
-
-        done = DoneSet()
-        if output.resume and output.out != "-":
-            j, o = journal_path(Path(out)), Path(out)
-            recs = read_journal(j) if j.exists() else finished_records(o, fmt) if o.exists() else []
-            done.update(r.get("key") or path_key(r["path"]) for r in recs if not r["error"])
+        if out != "-" and not (output.resume or output.overwrite):
+            refuse_existing(Path(out))
+        done = done_keys(Path(out), fmt) if output.resume else None
         list_dry_run(inputs, output, page, writer, done)
         raise typer.Exit(EXIT_OK)
     check_engine(run)

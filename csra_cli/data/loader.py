@@ -41,15 +41,22 @@ def load_one(preprocess: Preprocess, path: str, flip: bool = False) -> tuple[np.
     """(uint8 (3, S, S) array, "") or (a blank array, the reason the file could not be used)."""
     blank = np.zeros((3, preprocess.size, preprocess.size), dtype=np.uint8)
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # a FIFO would block the worker
-            return blank, "not a regular file (a FIFO, socket or device)"
-        if st.st_size == 0:
-            return blank, "empty file (0 bytes)"
+        problem = file_problem(path)
+        if problem:
+            return blank, problem
         arr = preprocess.load(path)
     except Exception as exc:  # one bad image never ends a batch
         return blank, describe_error(exc)
     return (np.ascontiguousarray(arr[..., ::-1]) if flip else arr), ""
+
+
+def file_problem(path: str) -> str:
+    """What the file itself rules out before decoding ("" for nothing): a FIFO, socket or device
+    (it would block the reader), or an empty file; a missing one raises FileNotFoundError."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return "empty file (0 bytes)" if st.st_size == 0 else ""
 
 
 def unreadable(path: str) -> str:
@@ -58,11 +65,9 @@ def unreadable(path: str) -> str:
     from PIL import Image
 
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        if st.st_size == 0:
-            return "empty file (0 bytes)"
+        problem = file_problem(path)
+        if problem:
+            return problem
         with Image.open(path) as img:
             img.draft("RGB", (64, 64))
             img.load()

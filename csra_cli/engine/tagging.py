@@ -72,10 +72,10 @@ def policy_for(card, selection) -> TagPolicy:
         table = read_thresholds_file(selection.thresholds, names)
         per_class = np.array([table.get(c, t) for c, t in zip(names, per_class)])
     shown = card.tag_names()
-    renames = read_renames(getattr(selection, "rename", None), names, shown)
+    renames = read_renames(selection.rename, names, shown)
     shown = [renames.get(c, s) for c, s in zip(names, shown)]
     allowed = class_subset(selection.classes, names)
-    left_out = excluded(getattr(selection, "exclude", None), names, shown)
+    left_out = class_subset(selection.exclude, names, "--exclude", shown)  # by class or tag name
     if left_out is not None:
         allowed = ~left_out if allowed is None else allowed & ~left_out
     return TagPolicy(per_class, selection.top_k, allowed, selection.scores, shown if shown != names else None)
@@ -111,19 +111,6 @@ def read_renames(spec: str | None, classes: list[str], shown: list[str]) -> dict
     if twice:
         raise CSRAError(f"--rename: {', '.join(twice)} would name two classes; give each class its own name")
     return table
-
-
-def excluded(spec: str | None, classes: list[str], shown: list[str]) -> np.ndarray | None:
-    """--exclude a,b: the classes never given as tags (by class or tag name)."""
-    if spec is None:
-        return None
-    wanted = {c.strip() for c in spec.split(",") if c.strip()}
-    if not wanted:
-        raise CSRAError("--exclude: give at least one class name (comma-separated)")
-    unknown = sorted(wanted - set(classes) - set(shown))
-    if unknown:
-        raise CSRAError(f"--exclude: unknown {', '.join(unknown)}; the model's classes are {', '.join(classes)}")
-    return np.array([c in wanted or s in wanted for c, s in zip(classes, shown)])
 
 
 def choose_tags(probs: np.ndarray, policy: TagPolicy) -> list[int]:
@@ -240,13 +227,16 @@ def read_thresholds_file(path: str, classes: list[str]) -> dict[str, float]:
     return table
 
 
-def class_subset(spec: str | None, classes: list[str]):
+def class_subset(spec: str | None, classes: list[str], flag: str = "--classes", shown: list[str] | None = None):
+    """The classes a comma-separated list names, as a mask (None without a list); ``shown``: the
+    tag names a class may be named by too."""
     if spec is None:
         return None
     wanted = [c.strip() for c in spec.split(",") if c.strip()]
     if not wanted:
-        raise CSRAError("--classes: give at least one class name (comma-separated)")
-    unknown = [c for c in wanted if c not in classes]
+        raise CSRAError(f"{flag}: give at least one class name (comma-separated)")
+    known = set(classes) | set(shown or ())
+    unknown = [c for c in wanted if c not in known]
     if unknown:
-        raise CSRAError(f"--classes: unknown {', '.join(unknown)}; the model's classes are {', '.join(classes)}")
-    return np.array([c in wanted for c in classes])
+        raise CSRAError(f"{flag}: unknown {', '.join(unknown)}; the model's classes are {', '.join(classes)}")
+    return np.array([c in wanted or s in wanted for c, s in zip(classes, shown or classes)])

@@ -386,6 +386,24 @@ def finished_records(out: Path, fmt: str) -> list[dict]:
     return records
 
 
+def refuse_existing(out: Path) -> None:
+    """A run without --resume/--overwrite never replaces an output, nor the journal of one."""
+    journal = journal_path(out)
+    if out.exists() or os.path.lexists(journal):
+        what = out if out.exists() else journal
+        raise FileExistsError(f"{what} exists; use --overwrite to replace it or --resume to continue it")
+
+
+def done_keys(out: Path, fmt: str) -> DoneSet:
+    """The images an output (its journal, else the finished file) already has, without changing
+    anything: what --resume would leave out."""
+    journal = journal_path(out)
+    records = read_journal(journal) if os.path.lexists(journal) else finished_records(out, fmt) if out.exists() else []
+    done = DoneSet()
+    done.update(r.get("key") or path_key(r["path"]) for r in records if not r["error"])
+    return done
+
+
 class FileSink:
     """Journal while running, atomic render at the end."""
 
@@ -420,9 +438,8 @@ class FileSink:
                 for r in read_journal(self.journal):
                     set.add(self.done, r.get("key") or path_key(r["path"]))
         else:
-            if (out.exists() or os.path.lexists(self.journal)) and not overwrite:
-                what = out if out.exists() else self.journal
-                raise FileExistsError(f"{what} exists; use --overwrite to replace it or --resume to continue it")
+            if not overwrite:
+                refuse_existing(out)
             self.journal.unlink(missing_ok=True)
 
     def _rewrite_journal(self, records: Iterable[dict]) -> None:
