@@ -48,7 +48,7 @@ def test_records_flow_while_a_slow_stdin_is_still_open(tmp_path):
 
     seen = []
     with DecodePool(pre, 1) as pool:
-        for _, paths, batch, errors in stream_batches(slow_paths(), pre, 16, pool=pool):
+        for _, paths, batch, errors, _ in stream_batches(slow_paths(), pre, 16, pool=pool):
             seen.append((paths, time.monotonic()))
             got_first.set()
             assert batch.dtype == np.uint8 and batch.shape == (len(paths), 3, 32, 32) and errors == [""] * len(paths)
@@ -63,9 +63,9 @@ def test_one_pool_serves_many_streams_in_order_with_errors(tmp_path):
     with DecodePool(pre, 2) as pool:
         for _ in range(2):
             out = list(stream_batches(iter(paths), pre, 3, pool=pool))
-            assert [p for _, ps, _, _ in out for p in ps] == paths
-            assert [i for idx, _, _, _ in out for i in idx] == list(range(8))
-            errors = [e for _, _, _, es in out for e in es]
+            assert [p for _, ps, _, _, _ in out for p in ps] == paths
+            assert [i for idx, *_ in out for i in idx] == list(range(8))
+            errors = [e for _, _, _, es, _ in out for e in es]
             assert errors[3] and not any(errors[:3] + errors[4:])
 
 

@@ -103,7 +103,8 @@ def test_tag_writes_sqlite_and_report(tmp_path, image_folder, tiny_model_path):
         images = pd.read_sql("SELECT * FROM images ORDER BY id", con)
         tags = pd.read_sql("SELECT * FROM tags", con)
         every = pd.read_sql("SELECT * FROM scores", con)
-    assert list(images.columns) == ["id", "path", "error", "model", "tagged_at"]
+    assert list(images.columns) == ["id", "path", "error", "model", "tagged_at", "file_size", "file_mtime_ns",
+                                    "file_sha256", "settings_id"]
     assert len(images) == 5 and images["error"].notna().sum() == 1
     assert (images["model"].dropna() == "tiny").all() and images["tagged_at"].notna().all()
     assert len(tags) == 4 * 20 and len(every) == 4 * 20 and tags["score"].between(0, 1).all()

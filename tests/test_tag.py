@@ -27,13 +27,14 @@ def test_every_output_format_reads_back(tmp_path, image_folder, tiny_model_path)
     m = ["-m", tiny_model_path, "-q"]
     assert tag(image_folder, "-o", tmp_path / "t.csv", "--scores", *m).exit_code == 0
     df = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)
-    assert list(df.columns[:3]) == ["path", "tags", "error"] and list(df.columns[3:]) == VOC_CLASSES
+    assert list(df.columns[:3]) == ["path", "tags", "error"] and list(df.columns[3:-4]) == VOC_CLASSES
+    assert list(df.columns[-4:]) == ["file_size", "file_mtime_ns", "file_sha256", "settings"]
     assert len(df) == 4 and (df["error"] == "").all()
     assert df["path"].tolist() == sorted(df["path"].tolist(), key=lambda p: (Path(p).parent.as_posix().count("/"), p))
 
     assert tag(image_folder, "-o", tmp_path / "t.json", *m).exit_code == 0
     recs = json.loads((tmp_path / "t.json").read_text())
-    assert len(recs) == 4 and set(recs[0]) == {"path", "tags", "scores", "error"}
+    assert len(recs) == 4 and set(recs[0]) == {"path", "tags", "scores", "error", "file", "settings"}
     for r in recs:
         assert r["error"] is None and set(r["scores"]) == set(r["tags"])
         assert [r["scores"][t] for t in r["tags"]] == sorted(r["scores"].values(), reverse=True)

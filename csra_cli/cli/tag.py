@@ -29,6 +29,7 @@ OUTPUT = OptionGroup(
     out=Opt(Annotated[str, typer.Option("--out", "-o", help="Output file (.csv/.json/.jsonl/.sqlite) or - for stdout.")], "-"),
     fmt=Opt(Annotated[Optional[str], typer.Option("--format", "-f", help="csv, json, jsonl or sqlite (default: from --out; jsonl on stdout).")]),
     resume=Opt(Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into the same --out.")], False),
+    update=Opt(Annotated[bool, typer.Option("--update", help="Bring an existing --out up to date with the inputs: tag new and changed images (size+mtime, then sha256), drop records of removed ones, keep the rest without decoding them; other settings tag every image again.")], False),
     overwrite=Opt(Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out and --report page.")], False),
     report=Opt(ReportOpt))
 SELECTION = OptionGroup(
@@ -49,7 +50,9 @@ SIDECARS = OptionGroup(
     caption_ext=Opt(Annotated[str, typer.Option("--caption-ext", help="File extension of the captions (e.g. .caption).")], ".txt"),
     prepend=Opt(Annotated[Optional[str], typer.Option("--prepend", help="Fixed tags at the start of every caption (comma-separated), e.g. a trigger word.")]),
     append=Opt(Annotated[Optional[str], typer.Option("--append", help="Fixed tags at the end of every caption (comma-separated).")]),
-    caption_dir=Opt(Annotated[Optional[str], typer.Option("--caption-dir", help="Write the captions into this folder, mirroring the input folders' tree, instead of beside the images.")]))
+    caption_dir=Opt(Annotated[Optional[str], typer.Option("--caption-dir", help="Write the captions into this folder, mirroring the input folders' tree, instead of beside the images.")]),
+    embed=Opt(Annotated[bool, typer.Option("--embed", help="Write the tags INTO the image files (JPEG, TIFF, PNG, WebP): XMP dc:subject and lr:hierarchicalSubject, IPTC Keywords; the user's keywords and the pixels are kept. Changes your files: opt-in.")], False),
+    keep_mtime=Opt(Annotated[bool, typer.Option("--keep-mtime", help="With --embed: give each file back its modification time.")], False))
 TagInputs = INPUTS.build
 TagOutput = OUTPUT.build
 TagSelection = SELECTION.build
@@ -112,6 +115,8 @@ def sidecar_kinds(sidecars) -> list[str]:
     given = [f"--{k.replace('_', '-')}" for k, default in captioned if getattr(sidecars, k) != default]
     if given and "txt" not in kinds:
         raise CSRAError(f"{given[0]} shapes the .txt captions; add --sidecar txt")
+    if sidecars.keep_mtime and not sidecars.embed:
+        raise CSRAError("--keep-mtime is about the files --embed writes into; add --embed")
     return kinds
 
 
@@ -161,6 +166,11 @@ def check_streams(inputs, output) -> None:
         raise CSRAError("--resume continues an output file; give --out FILE")
     if output.resume and output.overwrite:
         raise CSRAError("--resume and --overwrite contradict each other; pick one")
+    if output.update and output.out == "-":
+        raise CSRAError("--update brings an output file up to date; give --out FILE")
+    if output.update and (output.resume or output.overwrite):
+        other = "--resume (an interrupted --update continues by itself)" if output.resume else "--overwrite"
+        raise CSRAError(f"--update and {other} do not go together; pick one")
     if inputs.inputs.count("-") > 1:
         raise CSRAError("'-' (stdin) may be given once")
     if "-" in inputs.inputs and sys.stdin is None:
@@ -171,7 +181,7 @@ def check_streams(inputs, output) -> None:
         raise CSRAError("stdout is closed; give --out FILE")
 
 
-def check_uris(inputs, run: RunSpec, kinds: list[str]) -> None:
+def check_uris(inputs, run: RunSpec, kinds: list[str], embedding: bool = False, updating: bool = False) -> None:
     """URI inputs are read by a cluster's workers, and have no folder for sidecars."""
     from ..data.remote import is_uri
 
@@ -180,6 +190,10 @@ def check_uris(inputs, run: RunSpec, kinds: list[str]) -> None:
         raise CSRAError(f"{uris[0]}: URI inputs are listed here and read by the cluster's workers; add --engine ray")
     if uris and kinds:
         raise CSRAError(f"{uris[0]}: sidecars are written beside local images; leave out --sidecar for URI inputs")
+    if uris and embedding:
+        raise CSRAError(f"{uris[0]}: --embed writes into local image files; leave it out for URI inputs")
+    if uris and updating:
+        raise CSRAError(f"{uris[0]}: --update compares local files with what the output recorded; it takes local inputs")
     check_inputs_exist([a for a in inputs.inputs if not is_uri(a)])
 
 
@@ -187,7 +201,7 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
     from ..console import start_progress
     from ..data.inputs import expand_inputs
     from ..engine.device import set_threads
-    from ..engine.tagging import TagHooks, policy_for, run_tagging
+    from ..engine.tagging import TagHooks, policy_for, run_settings, run_tagging
     from ..results.sidecars import SidecarWriter
     from ..results.sinks import FileSink, StreamSink, format_for, read_output
 
@@ -199,7 +213,7 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
     # the page is made anew from the output: --resume may rebuild the one it made before
     page = check_report_path(output.report, out, overwrite=output.overwrite or output.resume)
     streamed: list[dict] = []  # the records for --report when they go to stdout
-    check_uris(inputs, run, kinds)
+    check_uris(inputs, run, kinds, sidecars.embed, output.update)
     check_output(out)
     started = time.time()
     run, card = resolved_run(run)
@@ -209,6 +223,9 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
     if dry_run:  # what the run would refuse, it refuses here too
         from ..results.sinks import done_keys, refuse_existing
 
+        if output.update:
+            raise CSRAError("--dry-run lists a fresh or resumed run; an --update's plan needs the model's settings, "
+                            "so it is printed when the --update runs")
         if out != "-" and not (output.resume or output.overwrite):
             refuse_existing(Path(out))
         done = done_keys(Path(out), fmt) if output.resume else None
@@ -220,14 +237,25 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
     preparing = time.time() - started  # loading, and a first-use ONNX export: part of the elapsed time
     policy = policy_for(runner.card, selection)
     columns = runner.card.classes if selection.scores else None
+    settings = None if out == "-" else run_settings(runner, run.model.path or run.model.source, policy)
+    warnings: list[str] = []
+    paths = expand_inputs(inputs.inputs, inputs.recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)),
+                          null=inputs.null)
+    if output.update:
+        paths = list(paths)  # the plan compares the output with all of them
     sink = (StreamSink(fmt, columns) if out == "-"
-            else FileSink(Path(out), fmt, columns, output.resume, output.overwrite))
+            else FileSink(Path(out), fmt, columns, output.resume, output.overwrite, settings,
+                          paths if output.update else None))
     if sink.retrying:
         info(f"trying again {sink.retrying} image(s) that failed in the earlier run")
-    warnings: list[str] = []
+    plan = getattr(sink, "plan", None)
+    if plan is not None:
+        paths = paths + plan.outside
     total = None
     if not quiet and "-" not in inputs.inputs:
-        total = sum(1 for _ in expand_inputs(inputs.inputs, inputs.recursive)) - len(sink.done)
+        total = (len(paths) if isinstance(paths, list)
+                 else sum(1 for _ in expand_inputs(inputs.inputs, inputs.recursive))) - len(sink.done)
+    embedder = keyword_embedder(sidecars, quiet)
 
     def on_record(rec):
         if page and out == "-":
@@ -236,18 +264,18 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
             return
         for problem in writer.write(rec["path"], rec["tags"]):
             warn(f"{rec['path']}: {problem}")
+        if embedder:
+            embedder(rec)
 
-    paths = expand_inputs(inputs.inputs, inputs.recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)),
-                          null=inputs.null)
     progress = start_progress(total, "tagging", quiet)
     hooks = TagHooks(on_record=on_record, progress=progress.advance if progress else None, skip=sink.done)
     try:
         if run.engine == "local":
-            stats = run_tagging(runner, paths, [sink], policy, run, hooks)
+            stats = run_tagging(runner, paths, [sink], policy, run, hooks, settings)
         else:
             from ..engine.ray_engine import run_tagging_ray
 
-            stats = run_tagging_ray(runner, paths, [sink], policy, run, hooks)
+            stats = run_tagging_ray(runner, paths, [sink], policy, run, hooks, settings)
     except BaseException as exc:
         if progress:
             progress.stop()
@@ -276,7 +304,41 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
         warn("no images found in the inputs")
     if not quiet:
         print_tag_summary(stats, out, preparing)
+        if plan is not None:
+            print_update_summary(plan, out)
     raise typer.Exit(EXIT_SOME_FAILED if stats.failed else EXIT_OK)
+
+
+def keyword_embedder(sidecars, quiet: bool):
+    """--embed: a per-record hook that writes the tags into the image file and puts the file's
+    new fingerprint in the record (so --update does not take csra's own write for an edit); a
+    file it cannot write safely is reported and left as it was. None without --embed."""
+    if not sidecars.embed:
+        return None
+    from ..results.embedded import NotEmbedded, embed_keywords
+
+    if not quiet:
+        warn("--embed: writing keywords INTO the image files (their pixels and your own keywords are kept)")
+
+    def embed(rec: dict) -> None:
+        try:
+            file = embed_keywords(rec["path"], rec["tags"], sidecars.keep_mtime)
+        except (NotEmbedded, OSError) as exc:
+            warn(f"{rec['path']}: keywords not embedded ({exc})")
+            return
+        if "file" in rec:
+            rec["file"] = file
+
+    return embed
+
+
+def print_update_summary(plan, out: str) -> None:
+    """What --update did: the counts, and the records it dropped (their files are gone)."""
+    info(f"updated {out}: {plan.summary()}")
+    for gone in plan.removed[:10]:
+        info(f"  removed (the file is gone): {gone}")
+    if len(plan.removed) > 10:
+        info(f"  … and {len(plan.removed) - 10} more removed")
 
 
 def print_tag_summary(stats, out: str, preparing: float = 0.0) -> None:

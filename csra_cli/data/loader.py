@@ -12,7 +12,7 @@ import stat
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -76,19 +76,37 @@ def unreadable(path: str) -> str:
     return ""
 
 
-def decode_batch(preprocess: Preprocess, paths: list[str]) -> tuple[np.ndarray, list[str]]:
-    """A list of files -> a uint8 (B, 3, S, S) batch and one error string per file."""
+def decode_batch(preprocess: Preprocess, paths: list[str], fingerprints: bool = False
+                 ) -> tuple[np.ndarray, list[str], list[dict | None] | None]:
+    """A list of files -> a uint8 (B, 3, S, S) batch, one error string per file and, with
+    ``fingerprints``, each file's size, mtime and sha256 (read here, in the decode worker, off
+    the model's path)."""
+    from .fingerprint import fingerprint
+
+    prints = [fingerprint(p) for p in paths] if fingerprints else None
     loaded = [load_one(preprocess, p) for p in paths]
-    return np.stack([a for a, _ in loaded]), [e for _, e in loaded]
+    return np.stack([a for a, _ in loaded]), [e for _, e in loaded], prints
+
+
+class Decoded(NamedTuple):
+    """One decoded batch of a stream: positions in the input, paths, uint8 images, an error per
+    image ("" when it decoded) and the files' fingerprints (None unless the pool takes them)."""
+
+    indices: list[int]
+    paths: list[str]
+    images: np.ndarray
+    errors: list[str]
+    files: list[dict | None] | None
 
 
 # ----------------------------------------------------------------------------- the decode pool
 _worker_pre: Preprocess | None = None
+_worker_prints = False
 
 
-def _init_worker(preprocess: Preprocess, parent_alive=None) -> None:
-    global _worker_pre
-    _worker_pre = preprocess
+def _init_worker(preprocess: Preprocess, parent_alive=None, fingerprints: bool = False) -> None:
+    global _worker_pre, _worker_prints
+    _worker_pre, _worker_prints = preprocess, fingerprints
     # Ctrl-C reaches the whole foreground process group: csra handles it (one line, the journal
     # kept for --resume) and ends its workers; a worker's own KeyboardInterrupt traceback is noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -109,7 +127,7 @@ def _exit_with_parent(parent_alive) -> None:
 
 
 def _decode_in_worker(paths: list[str]):
-    return decode_batch(_worker_pre, paths)
+    return decode_batch(_worker_pre, paths, _worker_prints)
 
 
 def _pool_context():
@@ -123,19 +141,20 @@ def _pool_context():
 
 class DecodePool:
     """Decode processes kept for a whole run (every batch of every stream goes through the same
-    workers); ``workers=0`` decodes in this process. Use as a context manager."""
+    workers); ``workers=0`` decodes in this process; ``fingerprints``: each file's size, mtime and
+    sha256 come with its image. Use as a context manager."""
 
-    def __init__(self, preprocess: Preprocess, workers: int):
-        self.pre, self.workers = preprocess, max(0, int(workers))
+    def __init__(self, preprocess: Preprocess, workers: int, fingerprints: bool = False):
+        self.pre, self.workers, self.fingerprints = preprocess, max(0, int(workers)), fingerprints
         self._pool = self._alive = None
         if self.workers:
             ctx = _pool_context()
             watched, self._alive = ctx.Pipe(duplex=False)  # workers watch for its EOF: csra gone
-            self._pool = ProcessPoolExecutor(self.workers, ctx, _init_worker, (preprocess, watched))
+            self._pool = ProcessPoolExecutor(self.workers, ctx, _init_worker, (preprocess, watched, fingerprints))
 
     def submit(self, paths: list[str]):
         if self._pool is None:
-            return _Done(decode_batch(self.pre, paths))
+            return _Done(decode_batch(self.pre, paths, self.fingerprints))
         return self._pool.submit(_decode_in_worker, paths)
 
     def close(self) -> None:
@@ -217,8 +236,8 @@ class LoaderStats:
 
 def stream_batches(paths: Iterable[str], preprocess: Preprocess, batch_size: int, workers: int = 0,
                    pin_memory: bool = False, pool: DecodePool | None = None, patience: float = 0.05,
-                   stats: LoaderStats | None = None) -> Iterator:
-    """Batches (indices, paths, uint8 (B, 3, S, S) array, errors), in input order, for paths of any
+                   stats: LoaderStats | None = None) -> Iterator[Decoded]:
+    """``Decoded`` batches (indices, paths, uint8 (B, 3, S, S) images, errors, files), in input order, for paths of any
     number and origin (stdin included). Decoding runs in ``pool`` (or one made for this stream)
     with at most a few batches per worker in flight, so memory stays flat however long the input.
     ``pin_memory`` is accepted for the callers' sake; PyTorch runners pin on their side."""
@@ -244,10 +263,10 @@ def stream_batches(paths: Iterable[str], preprocess: Preprocess, batch_size: int
                 return
             first, block, fut = pending.popleft()
             t = time.perf_counter()
-            batch, errors = fut.result()
+            batch, errors, files = fut.result()
             if stats is not None:
                 stats.waited += time.perf_counter() - t
-            yield list(range(first, first + len(block))), block, batch, errors
+            yield Decoded(list(range(first, first + len(block))), block, batch, errors, files)
     finally:
         if own:
             pool.close()

@@ -98,7 +98,7 @@ def bench_pipeline(runner, paths: list[str], batch_size: int, workers: int) -> t
     scores, times = {}, []
     waits = LoaderStats()
     start = last = time.perf_counter()
-    for _, batch_paths, batch, errors in stream_batches(paths, runner.pre, batch_size, workers, runner.pin,
+    for _, batch_paths, batch, errors, _ in stream_batches(paths, runner.pre, batch_size, workers, runner.pin,
                                                         stats=waits):
         good = [i for i, e in enumerate(errors) if not e]
         if good:

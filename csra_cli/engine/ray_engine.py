@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import sys
@@ -138,15 +139,22 @@ def decode_one(pre, path: str) -> tuple[np.ndarray | None, str]:
 
 
 def decode_batch(batch: dict, pre) -> dict:
-    """A CPU task: paths -> uint8 images (blank where unreadable) and their errors."""
+    """A CPU task: paths -> uint8 images (blank where unreadable), their errors and the local
+    files' fingerprints (None for a URI)."""
+    from ..data.fingerprint import fingerprint
+    from ..data.remote import is_uri
+
     images = np.zeros((len(batch["path"]), 3, pre.size, pre.size), dtype=np.uint8)
-    errors = []
+    errors, files = [], []
     for i, path in enumerate(batch["path"]):
+        file = None if is_uri(str(path)) else fingerprint(str(path))
+        files.append(json.dumps(file) if file else "")  # text: Ray's blocks hold it as it is
         img, error = decode_one(pre, str(path))
         if img is not None:
             images[i] = img
         errors.append(error)
-    return {"path": batch["path"], "image": images, "error": np.array(errors, dtype=object)}
+    return {"path": batch["path"], "image": images, "error": np.array(errors, dtype=object),
+            "file": np.array(files, dtype=object)}
 
 
 class ScoreBatch:
@@ -167,7 +175,7 @@ class ScoreBatch:
         probs = np.full((len(errors), len(self.runner.card.classes)), np.nan, dtype=np.float32)
         if good.any():
             probs[good] = self.runner(np.ascontiguousarray(batch["image"][good]))  # runners take numpy
-        return {"path": batch["path"], "error": errors, "probs": probs}
+        return {"path": batch["path"], "error": errors, "probs": probs, "file": batch["file"]}
 
 
 def scorer_for(spec: tuple[ModelSpec, RunSpec]) -> type:
@@ -184,8 +192,10 @@ def pool_options(ray, spec: tuple[ModelSpec, RunSpec]) -> dict:
     return {"compute": ray.data.ActorPoolStrategy(size=max(machines, 1)), "num_cpus": 1}
 
 
-def score_on_ray(ray, run: RunSpec, pre, paths: list[str]) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
-    """(paths, probabilities with NaN rows where unreadable, errors) per batch, in input order."""
+def score_on_ray(ray, run: RunSpec, pre, paths: list[str]
+                 ) -> Iterator[tuple[list[str], np.ndarray, list[str], list[dict | None]]]:
+    """(paths, probabilities with NaN rows where unreadable, errors, fingerprints) per batch, in
+    input order."""
     batch_size, spec = run.batch_size, for_actors(run.model, run)
     if not paths:
         return
@@ -203,22 +213,24 @@ def score_on_ray(ray, run: RunSpec, pre, paths: list[str]) -> Iterator[tuple[lis
                         num_cpus=0.5)
     ds = ds.map_batches(scorer_for(spec), batch_size=batch_size, batch_format="numpy", **pool_options(ray, spec))
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-        yield [str(p) for p in batch["path"]], np.asarray(batch["probs"]), [str(e or "") for e in batch["error"]]
+        yield ([str(p) for p in batch["path"]], np.asarray(batch["probs"]), [str(e or "") for e in batch["error"]],
+               [json.loads(f) if f else None for f in batch["file"]])
 
 
 def run_tagging_ray(runner, paths: Iterable[str], sinks: list, policy: TagPolicy, run: RunSpec,
-                    hooks: TagHooks = TagHooks()) -> TagStats:
+                    hooks: TagHooks = TagHooks(), settings: dict | None = None) -> TagStats:
     """``run_tagging`` on the Ray cluster at ``run.ray_address``: the same records, sinks, hooks
     and statistics."""
     classes = runner.card.classes
     stats = TagStats()
     todo = list(pending(paths, hooks.skip, stats))  # only what the journal does not have yet goes to the cluster
     with ray_session(run.ray_address) as ray:
-        for batch_paths, probs, errors in score_on_ray(ray, run, runner.pre, todo):
-            stamp = record_stamp(runner)
-            for path, p, error in zip(batch_paths, probs, errors):
-                deliver(image_record(path, None if error else p, error, classes, policy, stamp), sinks, stats,
-                        hooks.on_record)
+        for batch_paths, probs, errors, files in score_on_ray(ray, run, runner.pre, todo):
+            stamp = record_stamp(runner, settings)
+            for path, p, error, file in zip(batch_paths, probs, errors, files):
+                rec = image_record(path, None if error else p, error, classes, policy, stamp,
+                                   file if settings is not None else None)
+                deliver(rec, sinks, stats, hooks.on_record)
             for sink in sinks:
                 sink.flush()
             if hooks.progress:
@@ -234,7 +246,7 @@ def score_images_ray(runner, paths: list[str], run: RunSpec, progress: Callable[
     failures: list[tuple[str, str]] = []
     row = 0
     with ray_session(run.ray_address) as ray:
-        for batch_paths, probs, errors in score_on_ray(ray, run, runner.pre, list(paths)):
+        for batch_paths, probs, errors, _ in score_on_ray(ray, run, runner.pre, list(paths)):
             scores[row:row + len(batch_paths)] = probs
             failures += [(p, e) for p, e in zip(batch_paths, errors) if e]
             row += len(batch_paths)

@@ -124,40 +124,73 @@ def choose_tags(probs: np.ndarray, policy: TagPolicy) -> list[int]:
 
 
 def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[str], policy: TagPolicy,
-                 stamp: dict | None = None) -> dict:
+                 stamp: dict | None = None, file: dict | None = None) -> dict:
     """The record of one image from its probabilities (or the reason it could not be read);
     every engine builds its records here, so they are the same whichever ran the model.
-    ``stamp``: the model's name and the time (kept for the SQLite output)."""
+    ``stamp``: the model's name, the time and the run's settings; ``file``: the image file's
+    fingerprint (both kept by file outputs)."""
     if error:
-        return make_record(path, [], {}, error, **(stamp or {}))
+        return make_record(path, [], {}, error, file=file, **(stamp or {}))
     chosen = choose_tags(probs, policy)
     names = policy.names or classes  # tags (and their scores) by tag name; the full table by class
     return make_record(path, [names[c] for c in chosen], {names[c]: round(float(probs[c]), 6) for c in chosen},
                        "", {c: round(float(s), 6) for c, s in zip(classes, probs)} if policy.all_scores else None,
-                       **(stamp or {}))
+                       file=file, **(stamp or {}))
 
 
-def record_stamp(runner) -> dict:
+def record_stamp(runner, settings: dict | None = None) -> dict:
     """Which model tagged an image (``+int8`` for its int8 export, ``+tta`` with flip averaging),
-    and when (UTC)."""
+    when (UTC), and with which ``settings`` (``run_settings``)."""
     from .runners import precision_of
 
     name = (runner.card.name + ("+int8" if precision_of(runner) == "int8" else "")
             + ("+tta" if getattr(runner, "tta", False) else ""))
-    return {"model": name, "tagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    stamp = {"model": name, "tagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if settings is not None:
+        stamp["settings"] = settings
+    return stamp
+
+
+def run_settings(runner, weights: str | Path | None, policy: TagPolicy) -> dict:
+    """What made a run's tags, recorded with each record of a file output so that --update and
+    --resume never mix two settings' tags silently: the model (name and its weights file's
+    sha256), precision, TTA, and the tag policy (its readable parts, and ``policy``: a digest of
+    all of it, thresholds, top-k, classes, tag names and --scores, which is what is compared)."""
+    import hashlib
+
+    from .runners import precision_of, weights_sha256
+
+    card = runner.card
+    try:
+        sha = weights_sha256(Path(weights)) if weights else card.sha256
+    except OSError:
+        sha = card.sha256
+    t = policy.thresholds
+    whole = {"thresholds": [round(float(x), 6) for x in t], "top_k": policy.top_k,
+             "allowed": None if policy.allowed is None else [bool(a) for a in policy.allowed],
+             "names": policy.names, "scores": policy.all_scores}
+    digest = hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest()[:16]
+    classes = None if policy.allowed is None else [c for c, a in zip(card.classes, policy.allowed) if a]
+    return {"model": card.name, "model_sha256": sha or "", "precision": precision_of(runner),
+            "tta": bool(getattr(runner, "tta", False)),
+            "threshold": round(float(t[0]), 6) if len(t) and np.all(t == t[0]) else "per-class",
+            "top_k": policy.top_k, "classes": classes, "policy": digest}
 
 
 def deliver(rec: dict, sinks: list, stats: TagStats, on_record: Callable[[dict], None] | None = None) -> None:
-    """Count a record and hand it to the sinks and the per-record hook (sidecars)."""
+    """Count a record and hand it to the per-record hook (sidecars, keywords in the file) and then
+    the sinks: a record is journaled only once its image's files are written (a kill between the
+    two tags the image again, never leaves it done without them), and a hook that changes the
+    image file puts its new fingerprint in the record."""
     if rec["error"]:
         stats.failed += 1
         stats.failures.append((rec["path"], rec["error"]))
     else:
         stats.tagged += 1
-    for sink in sinks:
-        sink.write(rec)
     if on_record:
         on_record(rec)
+    for sink in sinks:
+        sink.write(rec)
 
 
 def pending(paths: Iterable[str], skip, stats: TagStats) -> Iterator[str]:
@@ -170,30 +203,34 @@ def pending(paths: Iterable[str], skip, stats: TagStats) -> Iterator[str]:
 
 
 def run_tagging(runner, paths: Iterable[str], sinks: list, policy: TagPolicy, run: "RunSpec",
-                hooks: TagHooks = TagHooks()) -> TagStats:
+                hooks: TagHooks = TagHooks(), settings: dict | None = None) -> TagStats:
     """Tag ``paths`` on this machine: decoding in ``run.workers`` processes, batches of
-    ``run.batch_size`` through ``runner``, each record to the sinks."""
+    ``run.batch_size`` through ``runner``, each record to the sinks. With ``settings`` (a file
+    output) each record carries them and its image file's fingerprint."""
     stats = TagStats()
     waits = LoaderStats()
-    with DecodePool(runner.pre, run.resolved_workers) as pool:  # one pool for the whole run
-        for _, batch_paths, batch, errors in stream_batches(pending(paths, hooks.skip, stats), runner.pre,
-                                                            run.batch_size, pool=pool, stats=waits):
-            _emit(runner, batch_paths, batch, errors, stats, sinks, policy, hooks.on_record)
+    # one pool for the whole run; the fingerprints are read there, beside the decoding
+    with DecodePool(runner.pre, run.resolved_workers, fingerprints=settings is not None) as pool:
+        for _, batch_paths, batch, errors, files in stream_batches(pending(paths, hooks.skip, stats), runner.pre,
+                                                                   run.batch_size, pool=pool, stats=waits):
+            _emit(runner, (batch_paths, batch, errors, files), stats, sinks, policy, hooks.on_record, settings)
             if hooks.progress:
                 hooks.progress(len(batch_paths))
     stats.model_idle = waits.idle_share
     return stats
 
 
-def _emit(runner, batch_paths, batch, errors, stats: TagStats, sinks, policy: TagPolicy, on_record) -> None:
-    """Score one decoded batch and hand its records to the sinks."""
+def _emit(runner, decoded, stats: TagStats, sinks, policy: TagPolicy, on_record, settings) -> None:
+    """Score one decoded batch (paths, images, errors, fingerprints) and hand its records on."""
+    batch_paths, batch, errors, files = decoded
     classes = runner.card.classes
     good = [i for i, e in enumerate(errors) if not e]
     probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
     row = {i: r for r, i in enumerate(good)}
-    stamp = record_stamp(runner)
+    stamp = record_stamp(runner, settings)
     for i, path in enumerate(batch_paths):
-        rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, policy, stamp)
+        rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, policy, stamp,
+                           files[i] if files else None)
         deliver(rec, sinks, stats, on_record)
     for sink in sinks:
         sink.flush()

@@ -20,7 +20,7 @@ def score_images(runner, paths: list[str], batch_size: int, workers: int,
     scores = np.full((len(paths), len(runner.card.classes)), np.nan, dtype=np.float32)
     failures: list[tuple[str, str]] = []
     row = 0
-    for _, batch_paths, batch, errors in stream_batches(paths, runner.pre, batch_size, workers, runner.pin):
+    for _, batch_paths, batch, errors, _ in stream_batches(paths, runner.pre, batch_size, workers, runner.pin):
         good = [i for i, e in enumerate(errors) if not e]
         if good:
             scores[[row + i for i in good]] = runner(batch[good])

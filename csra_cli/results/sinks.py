@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
+from ..data.fingerprint import is_fingerprint
 from ..errors import CSRAError
+from .record import make_record, path_key, settings_text  # noqa: F401 - one place for these
 from ..fileio import atomic_temp, fsync_dir, fsync_file, open_own, temp_leftovers
 
 FORMATS = ("csv", "json", "jsonl", "sqlite")
@@ -52,25 +54,6 @@ def format_for(out: str, fmt: str | None) -> str:
     if ext in SQLITE_EXTS:
         return "sqlite"
     raise ValueError(f"cannot tell the format of '{out}' from its extension; use .csv/.json/.jsonl/.sqlite or --format")
-
-
-def make_record(path: str, tags: list[str], scores: dict[str, float], error: str = "",
-                all_scores: dict[str, float] | None = None, model: str | None = None,
-                tagged_at: str | None = None) -> dict:
-    rec = {"path": path, "tags": tags, "scores": scores, "error": error or None}
-    if all_scores is not None:
-        rec["all_scores"] = all_scores
-    if model is not None:  # kept in the journal for the SQLite output; the text formats leave them out
-        rec["model"], rec["tagged_at"] = model, tagged_at
-    return rec
-
-
-def path_key(path: str) -> str:
-    """What identifies an image across runs: its normalised absolute path (a URI as it is:
-    it does not depend on the working folder, and s3://b/a//x and s3://b/a/x are two objects)."""
-    from ..data.remote import is_uri
-
-    return path if is_uri(path) else os.path.normpath(os.path.abspath(path))
 
 
 class DoneSet(set):
@@ -142,32 +125,59 @@ def csv_uncell(text: str) -> str:
     return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
 
 
-def public_record(rec: dict) -> dict:
+def public_record(rec: dict, provenance: bool = False) -> dict:
     """The JSON shape: path, tags, scores (tag -> score; every class with --scores), error, and
-    ``path_bytes`` for a path that is not valid UTF-8 (``path`` then shows U+FFFD for its bad bytes)."""
+    ``path_bytes`` for a path that is not valid UTF-8 (``path`` then shows U+FFFD for its bad bytes);
+    with ``provenance`` (file outputs) the image's ``file`` fingerprint and the ``settings`` that
+    made its tags, where the record has them."""
     scores = rec.get("all_scores") or rec["scores"]
     out = {"path": text_of(rec["path"]), "tags": rec["tags"], "scores": scores, "error": rec["error"]}
     raw = path_bytes(rec["path"])
     if raw is not None:
         out["path_bytes"] = raw
+    if provenance:
+        for field in PROVENANCE:
+            if rec.get(field) is not None:
+                out[field] = rec[field]
     return out
 
 
-class CSVRenderer:
-    """``path,tags,error`` (then every class's score with --scores), and a last column
-    ``path_bytes`` where some path is not valid UTF-8 (``raw_column``)."""
+PROVENANCE = ("file", "settings")
+# CSV columns of the provenance, after the scores (``settings`` as compact JSON text).
+FILE_COLUMNS = ("file_size", "file_mtime_ns", "file_sha256", "settings")
 
-    def __init__(self, fh: TextIO, classes: list[str] | None, raw_column: bool = False):
-        self.classes, self.raw_column = classes, raw_column
+
+def file_cells(rec: dict) -> list[str]:
+    f = rec.get("file") or {}
+    return [str(f.get("size", "")), str(f.get("mtime_ns", "")), f.get("sha256", ""), settings_text(rec.get("settings"))]
+
+
+def file_from_cells(row: dict) -> tuple[dict | None, dict | None]:
+    """(file, settings) back from a CSV row's provenance cells (None where they are empty)."""
+    file = ({"size": int(row["file_size"]), "mtime_ns": int(row["file_mtime_ns"]), "sha256": row["file_sha256"]}
+            if row.get("file_sha256") else None)
+    settings = json.loads(row["settings"]) if row.get("settings") else None
+    return file, settings
+
+
+class CSVRenderer:
+    """``path,tags,error`` (then every class's score with --scores), with ``provenance`` (file
+    outputs) ``file_size,file_mtime_ns,file_sha256,settings``, and a last column ``path_bytes``
+    where some path is not valid UTF-8 (``raw_column``)."""
+
+    def __init__(self, fh: TextIO, classes: list[str] | None, raw_column: bool = False, provenance: bool = False):
+        self.classes, self.raw_column, self.provenance = classes, raw_column, provenance
         self.writer = csv.writer(fh, lineterminator="\n")
         self.writer.writerow(["path", "tags", "error"] + [csv_cell(c) for c in classes or []]
-                             + (["path_bytes"] if raw_column else []))
+                             + (list(FILE_COLUMNS) if provenance else []) + (["path_bytes"] if raw_column else []))
 
     def write(self, rec: dict) -> None:
         row = [csv_cell(text_of(rec["path"])), csv_cell(";".join(rec["tags"])), csv_cell(text_of(rec["error"] or ""))]
         if self.classes:
             scores = rec.get("all_scores") or {}
             row += ["" if c not in scores else f"{scores[c]:.6f}" for c in self.classes]
+        if self.provenance:
+            row += file_cells(rec)
         if self.raw_column:
             row.append(path_bytes(rec["path"]) or "")
         self.writer.writerow(row)
@@ -177,11 +187,11 @@ class CSVRenderer:
 
 
 class JSONLRenderer:
-    def __init__(self, fh: TextIO, classes=None, raw_column=False):
-        self.fh = fh
+    def __init__(self, fh: TextIO, classes=None, raw_column=False, provenance: bool = False):
+        self.fh, self.provenance = fh, provenance
 
     def write(self, rec: dict) -> None:
-        self.fh.write(to_json(public_record(rec)) + "\n")
+        self.fh.write(to_json(public_record(rec, self.provenance)) + "\n")
 
     def close(self) -> None:
         pass
@@ -190,12 +200,12 @@ class JSONLRenderer:
 class JSONRenderer:
     """A JSON array written record by record (never all in memory)."""
 
-    def __init__(self, fh: TextIO, classes=None, raw_column=False):
-        self.fh, self.first = fh, True
+    def __init__(self, fh: TextIO, classes=None, raw_column=False, provenance: bool = False):
+        self.fh, self.first, self.provenance = fh, True, provenance
         fh.write("[")
 
     def write(self, rec: dict) -> None:
-        self.fh.write(("\n" if self.first else ",\n") + to_json(public_record(rec)))
+        self.fh.write(("\n" if self.first else ",\n") + to_json(public_record(rec, self.provenance)))
         self.first = False
 
     def close(self) -> None:
@@ -292,7 +302,9 @@ def _checked(rec: dict) -> dict:
           and isinstance(rec["scores"], dict)
           and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in rec["scores"].values())
           and isinstance(rec["error"], (str, type(None)))
-          and (rec.get("all_scores") is None or isinstance(rec["all_scores"], dict)))
+          and (rec.get("all_scores") is None or isinstance(rec["all_scores"], dict))
+          and (rec.get("file") is None or is_fingerprint(rec["file"]))
+          and (rec.get("settings") is None or isinstance(rec["settings"], dict)))
     if not ok:
         raise TypeError(f"a record of the wrong shape for {str(rec['path'])[:80]!r}")
     return rec
@@ -302,9 +314,7 @@ def _read_output(path: Path, fmt: str) -> Iterator[dict]:
     if fmt == "sqlite":
         from .sqlite_db import read_db
 
-        for p, tags, scores, error, all_scores, model, tagged_at, key in read_db(path):
-            rec = make_record(p, tags, scores, error, all_scores, model, tagged_at)
-            yield {**rec, "key": key} if key else rec
+        yield from read_db(path)
         return
     if fmt == "csv":
         with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
@@ -312,14 +322,15 @@ def _read_output(path: Path, fmt: str) -> Iterator[dict]:
             header = [csv_uncell(c) for c in next(reader, [])]
             if header[:3] != ["path", "tags", "error"]:
                 raise ValueError("its header is not path,tags,error")
-            extra = [c for c in header[3:] if c != "path_bytes"]
+            extra = [c for c in header[3:] if c != "path_bytes" and c not in FILE_COLUMNS]
             for cells in reader:
                 row = dict(zip(header, cells))
                 tags = [t for t in csv_uncell(row["tags"]).split(";") if t]
                 all_scores = {c: float(row[c]) for c in extra if row.get(c)} or None
                 scores = {t: (all_scores or {}).get(t) for t in tags}
+                file, settings = file_from_cells(row)
                 yield make_record(path_from(csv_uncell(row["path"]), row.get("path_bytes")), tags, scores,
-                                  csv_uncell(row["error"]), all_scores)
+                                  csv_uncell(row["error"]), all_scores, file=file, settings=settings)
         return
     text = path.read_text(encoding="utf-8")
     items = json.loads(text) if fmt == "json" else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
@@ -330,7 +341,8 @@ def _read_output(path: Path, fmt: str) -> Iterator[dict]:
             raise TypeError("a record is not {path, tags, scores, error}")
         yield make_record(path_from(it["path"], it.get("path_bytes")), it["tags"],
                           {t: it["scores"].get(t) for t in it["tags"]},
-                          it.get("error") or "", it["scores"] if len(it["scores"]) > len(it["tags"]) else None)
+                          it.get("error") or "", it["scores"] if len(it["scores"]) > len(it["tags"]) else None,
+                          file=it.get("file"), settings=it.get("settings"))
 
 
 def index_path(out: Path) -> Path:
@@ -405,13 +417,17 @@ def done_keys(out: Path, fmt: str) -> DoneSet:
 
 
 class FileSink:
-    """Journal while running, atomic render at the end."""
+    """Journal while running, atomic render at the end. ``settings``: the run's (``run_settings``),
+    which --resume checks the output's records against; ``update``: the run's input paths for
+    --update (see ``update.plan_update``), whose ``plan`` says what it does."""
 
-    def __init__(self, out: Path, fmt: str, classes: list[str] | None, resume: bool, overwrite: bool):
-        self.out, self.fmt, self.classes = out, fmt, classes
+    def __init__(self, out: Path, fmt: str, classes: list[str] | None, resume: bool, overwrite: bool,
+                 settings: dict | None = None, update: list[str] | None = None):
+        self.out, self.fmt, self.classes, self.settings = out, fmt, classes, settings
         self.journal = journal_path(out)
         self.done = DoneSet()
         self.retrying = 0  # images whose earlier attempt failed, tried again on --resume
+        self.plan = None
         if out.is_dir():
             raise ValueError(f"--out {out}: is a directory; give a file name such as {out / 'tags.csv'}")
         if not out.parent.exists():
@@ -420,7 +436,10 @@ class FileSink:
         try:
             for tmp in temp_leftovers(out):  # a run killed while rendering; we hold the lock
                 tmp.unlink(missing_ok=True)
-            self._prepare(resume, overwrite)
+            if update is not None:
+                self._prepare_update(update)
+            else:
+                self._prepare(resume, overwrite)
             self.fh = open_journal(self.journal, "a")
         except BaseException:
             self.lock.release()
@@ -433,6 +452,7 @@ class FileSink:
                 self._rewrite_journal(finished_records(out, self.fmt))
             if os.path.lexists(self.journal):
                 self._truncate_partial_line()
+                self._check_settings(read_journal(self.journal))
                 if any(r["error"] for r in read_journal(self.journal)):
                     self._rewrite_journal(read_journal(self.journal))
                 for r in read_journal(self.journal):
@@ -441,6 +461,33 @@ class FileSink:
             if not overwrite:
                 refuse_existing(out)
             self.journal.unlink(missing_ok=True)
+
+    def _check_settings(self, records: Iterable[dict]) -> None:
+        """--resume continues a run with the same settings, or is refused (never a silent mix);
+        records of an older csra, which has none, are taken as they are."""
+        from .update import settings_change
+
+        if self.settings is None:
+            return
+        for r in records:
+            change = r.get("settings") and settings_change(r["settings"], self.settings)
+            if change:
+                raise CSRAError(f"--resume: {self.out} was tagged with other settings ({change}); run with the "
+                                f"same options, or --update to tag its images again with these")
+
+    def _prepare_update(self, inputs: list[str]) -> None:
+        """The journal starts as the records that still hold (an interrupted --update or run
+        continues from its journal); ``done`` is their images, which are not decoded."""
+        from .update import plan_update
+
+        if os.path.lexists(self.journal):
+            self._truncate_partial_line()
+            base: Iterable[dict] = read_journal(self.journal)
+        else:
+            base = finished_records(self.out, self.fmt) if self.out.exists() else []
+        self.plan = plan_update(base, inputs, self.settings or {})
+        self._rewrite_journal(self.plan.kept)
+        set.update(self.done, (r.get("key") or path_key(r["path"]) for r in self.plan.kept))
 
     def _rewrite_journal(self, records: Iterable[dict]) -> None:
         """The journal holding ``records`` less the failures (--resume tries those again),
@@ -491,7 +538,7 @@ class FileSink:
             else:
                 with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                     raw = any(path_bytes(r["path"]) for r in read_journal(self.journal))
-                    renderer = RENDERERS[self.fmt](fh, self.classes, raw)
+                    renderer = RENDERERS[self.fmt](fh, self.classes, raw, provenance=True)
                     for rec in read_journal(self.journal):
                         renderer.write(rec)
                     renderer.close()
