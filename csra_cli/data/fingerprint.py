@@ -3,7 +3,6 @@ and the sha256 of its bytes (the truth), recorded with each record so ``--update
 images changed without decoding them."""
 from __future__ import annotations
 
-import hashlib
 import os
 
 
@@ -11,15 +10,14 @@ def fingerprint(path: str) -> dict | None:
     """{"size", "mtime_ns", "sha256"} of a local file (the stat is taken first, so a file that
     changes while it is read looks changed next time, never the reverse); None where there is no
     local file to read (a URI, a missing or unreadable file)."""
+    from ..fileio import sha256_file
+
     try:
         st = os.stat(path)
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
+        digest = sha256_file(path)
     except (OSError, ValueError):
         return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
 
 
 def looks_unchanged(recorded: dict | None, st: os.stat_result) -> bool:
