@@ -5,23 +5,51 @@ import os
 import sys
 import time
 
-from rich.console import Console
-from rich.markup import escape
 
-err = Console(stderr=True, highlight=False)
+
+class _StderrConsole:
+    """rich's Console on stderr, made on first use: importing rich is ~20 ms, a tenth of a
+    one-image run's start, and off a terminal one-line messages do not need it (see _say)."""
+
+    _console = None
+
+    def __getattr__(self, name):
+        if _StderrConsole._console is None:
+            from rich.console import Console
+
+            _StderrConsole._console = Console(stderr=True, highlight=False)
+        return getattr(_StderrConsole._console, name)
+
+
+err = _StderrConsole()
+
+
+def _say(style: str, label: str, message: str) -> None:
+    """One message line, ``label`` (error:, warning: or nothing) in ``style`` before it: through
+    rich on a terminal (colour), as plain text elsewhere, which is what rich writes there too."""
+    if sys.stderr.isatty() or _StderrConsole._console is not None and _StderrConsole._console.is_terminal:
+        from rich.markup import escape
+
+        # escaped: a message is plain text ("pip install 'csra[ray]'" must keep its brackets)
+        err.print(f"[{style}]{label}[/] {escape(message)}" if label else escape(message), soft_wrap=True)
+    else:
+        sys.stderr.write(f"{label} {message}\n" if label else message + "\n")
+        sys.stderr.flush()
 
 
 def error(message: str) -> None:
-    # escaped: a message is plain text ("pip install 'csra[ray]'" must keep its brackets)
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    _say("bold red", "error:", message)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    _say("yellow", "warning:", message)
 
 
 def info(message: str) -> None:
-    err.print(message, soft_wrap=True)
+    if "[" in message:  # it may hold rich markup
+        err.print(message, soft_wrap=True)
+    else:
+        _say("", "", message)
 
 
 def progress_enabled(quiet: bool) -> bool:

@@ -287,7 +287,7 @@ def test_pools_are_sized_from_the_cores_this_process_may_use(monkeypatch):
     not the machine's core count (os.cpu_count), which would oversubscribe the allowed cores."""
     import os
 
-    from csra_cli.cli.app import default_workers
+    from csra_cli.cli.common import default_workers
     from csra_cli.cpu import cpu_cores
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)

@@ -161,12 +161,13 @@ def _run_tag_and_kill(tmp_path, tiny_model_path, extra):
                              "-o", str(out), "-b", "1", *extra], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
-    def mid_run() -> bool:  # records written, the decode workers up
+    def mid_run() -> bool:  # records written, the decode workers up (they start in the background)
         try:
-            kids = psutil.Process(proc.pid).children(recursive=True)
+            kids = [k for k in psutil.Process(proc.pid).children(recursive=True) if k.is_running()]
         except psutil.NoSuchProcess:  # it ended: wait_for says so
             return False
-        return journal_lines(out) >= 1 and any("forkserver" in " ".join(k.cmdline()) for k in kids if k.is_running())
+        forkserver = [k for k in kids if "forkserver" in " ".join(k.cmdline())]
+        return journal_lines(out) >= 1 and bool(forkserver) and bool(forkserver[0].children())
 
     wait_for("the run to be mid-way (records and decode workers)", mid_run, proc)
     kids = psutil.Process(proc.pid).children(recursive=True)

@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from csra_cli.cli import app
-from csra_cli.cli.app import RUN_OPTIONS
+from csra_cli.cli.common import RUN_OPTIONS
 from csra_cli.cli.options import REQUIRED, Opt, OptionGroup
 from csra_cli.engine.run_spec import RunSpec
 from csra_cli.errors import CSRAError

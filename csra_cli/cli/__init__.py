@@ -3,14 +3,44 @@ from __future__ import annotations
 
 import sys
 
-from . import bench, eval, explain, export, models, report, tag, train  # noqa: F401  (each registers its command)
-from .app import EXIT_USAGE, app
+import importlib
+
+# One module a command, each registering it on import; --help lists them in this order.
+COMMANDS = ("bench", "eval", "explain", "export", "models", "report", "tag", "train")
+
+
+def load_commands(names=COMMANDS) -> None:
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+def __getattr__(name: str):
+    """``app``: the Typer app with every command (for tests and scripts); main loads one."""
+    if name == "app":
+        load_commands()
+        from .common import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _named_command(argv: list[str]) -> str | None:
+    """The command the arguments run ("tag" in ``csra tag ...``), if they name one before any
+    other argument; None for ``csra --help`` and the like."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
 
 
 def main() -> None:
     """Run the app; a command-line mistake (unknown option, missing value or argument) is one line
-    on stderr and exit 2, where Typer would draw a box with the usage above it."""
+    on stderr and exit 2, where Typer would draw a box with the usage above it. Only the command
+    run is imported and built (the others cost ~20 ms of every start)."""
     import typer
+
+    from .common import EXIT_USAGE, app
+
+    named = _named_command(sys.argv[1:])
+    load_commands((named,) if named else COMMANDS)
 
     try:  # recent Typer carries its own copy of Click; older ones use Click itself
         from typer._click import exceptions as click_errors

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import RUN_OPTIONS, app, check_inputs_exist, handle_errors, in_range
+from .common import RUN_OPTIONS, app, check_inputs_exist, handle_errors, in_range
 from ..console import err, info
 from ..engine.run_spec import RunSpec
 from ..errors import CSRAError

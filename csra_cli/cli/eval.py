@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import (DATASET_OPTIONS, RUN_OPTIONS, DatasetOptions, OverwriteOpt, QuietOpt, app, check_engine,
+from .common import (DATASET_OPTIONS, RUN_OPTIONS, DatasetOptions, OverwriteOpt, QuietOpt, app, check_engine,
                   check_output, handle_errors, in_range, open_selected, runner_for)
 from ..console import err, start_progress, warn
 from ..engine.run_spec import RunSpec

@@ -6,7 +6,7 @@ from typing import Annotated, List
 
 import typer
 
-from .app import MODEL_OPTIONS, DeviceOpt, TopKOpt, app, check_inputs_exist, check_output, handle_errors, load_model_for
+from .common import MODEL_OPTIONS, DeviceOpt, TopKOpt, app, check_inputs_exist, check_output, handle_errors, load_model_for
 from ..console import error, info, warn
 from ..errors import CSRAError
 from ..models.spec import ModelSpec

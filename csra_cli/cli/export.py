@@ -1,12 +1,14 @@
 """``csra export``."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from .app import MODEL_OPTIONS, OverwriteOpt, app, check_inputs_exist, check_output, handle_errors, load_model_for
+from .common import (DATASET_OPTIONS, MODEL_OPTIONS, DatasetOptions, OverwriteOpt, app, check_inputs_exist, check_output,
+                     handle_errors, load_model_for, open_selected)
 from ..console import info
 from ..errors import CSRAError
 from ..models.spec import ModelSpec
@@ -21,6 +23,13 @@ INT8_OPTIONS = OptionGroup(
                                                            "or a .txt list (one path a line, # comments).")]),
     calibration_images=Opt(Annotated[int, typer.Option("--calibration-images", min=1, help="Use at most N calibration images.")], 150))
 Int8Options = INT8_OPTIONS.build
+# How the ONNX graph is written.
+GRAPH_OPTIONS = OptionGroup(
+    "GraphOptions", "ONNX graph",
+    opset=Opt(Annotated[int, typer.Option(help="ONNX opset (18+ uses the torch.export-based exporter).")], 18),
+    dynamic_size=Opt(Annotated[bool, typer.Option("--dynamic-size", help="Dynamic height/width (batch is always dynamic).")], False),
+    fp16=Opt(Annotated[bool, typer.Option("--fp16", help="ONNX weights and activations in fp16.")], False))
+GraphOptions = GRAPH_OPTIONS.build
 
 
 class ExportFailed(CSRAError):
@@ -33,17 +42,21 @@ class ExportFailed(CSRAError):
 @handle_errors
 @MODEL_OPTIONS.into("model")
 @INT8_OPTIONS.into("int8")
+@GRAPH_OPTIONS.into("graph")
+@DATASET_OPTIONS.into("check", defaults={"dataset": None, "split": "val"}, help={
+    "dataset": "With --int8: measure mAP in fp32 and int8 on this labelled set (voc, coco or csv, as in csra eval) "
+               "and keep the result with the export; --precision auto then runs int8 on the CPU when it loses "
+               "at most 0.3 points. Without it, auto stays fp32 for this model."})
 def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (verified with onnxruntime).")] = False,
     torchscript: Annotated[bool, typer.Option("--torchscript", help="Export to TorchScript (verified).")] = False,
     *,
     model: ModelSpec,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (default: <model>.onnx / .pt).")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (18+ uses the torch.export-based exporter).")] = 18,
-    dynamic_size: Annotated[bool, typer.Option("--dynamic-size", help="Dynamic height/width (batch is always dynamic).")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="ONNX weights and activations in fp16.")] = False,
+    graph: "GraphOptions",
     verify_images: Annotated[List[str], typer.Option("--verify-image", help="Real images to verify on (repeatable).")] = [],
     int8: "Int8Options",
+    check: "DatasetOptions",
     overwrite: OverwriteOpt = False,
 ):
     """Export a model; the file carries classes, preprocessing and thresholds, and is checked
@@ -55,16 +68,18 @@ def export(
     check_output(out, overwrite=overwrite)
     check_inputs_exist(verify_images, "--verify-image")
     if int8.int8:
-        if not onnx or torchscript or fp16:
+        if not onnx or torchscript or graph.fp16:
             raise CSRAError("--int8 goes with --onnx alone (not --torchscript or --fp16)")
-        return export_int8(model, out, int8, overwrite)
+        return export_int8(model, out, int8, check, overwrite)
+    if check.dataset:
+        raise CSRAError("--dataset checks an int8 export: it goes with --onnx --int8")
     m = load_model_for(model)
     wanted = [(fmt, ext) for fmt, ext, asked in (("onnx", ".onnx", onnx), ("torchscript", ".pt", torchscript)) if asked]
-    dests = {fmt: out or Path(f"{m.card.name}{'-fp16' if fmt == 'onnx' and fp16 else ''}{ext}") for fmt, ext in wanted}
+    dests = {fmt: out or Path(f"{m.card.name}{'-fp16' if fmt == 'onnx' and graph.fp16 else ''}{ext}") for fmt, ext in wanted}
     for dest in dests.values():  # the default names too, before any export work
         check_output(dest, overwrite=overwrite)
     for fmt, dest in dests.items():
-        size, result = export_verified(m, fmt, dest, opset, dynamic_size, fp16, verify_images)
+        size, result = export_verified(m, fmt, dest, graph.opset, graph.dynamic_size, graph.fp16, verify_images)
         info(f"{fmt}: wrote {dest} ({size / 1e6:.1f} MB); max |Δlogit| vs PyTorch "
              f"{result['max_abs_diff']:.2e} on {result['inputs']} inputs (tolerance {result['tolerance']:g}): ok")
 
@@ -120,8 +135,9 @@ def calibration_paths(spec: str | None, limit: int) -> list[str]:
     return paths[:limit]
 
 
-def export_int8(model: ModelSpec, out: Path | None, int8, overwrite: bool = False) -> None:
-    """The verified fp32 export (cached), quantised into the cache and copied to --out."""
+def export_int8(model: ModelSpec, out: Path | None, int8, check, overwrite: bool = False) -> None:
+    """The verified fp32 export (cached), quantised into the cache and copied to --out; with a
+    dataset in ``check``, both measured on it and the result kept beside the cached export."""
     import os
     import shutil
 
@@ -133,6 +149,7 @@ def export_int8(model: ModelSpec, out: Path | None, int8, overwrite: bool = Fals
 
     calibrate_on = int8.calibrate_on
     images = calibration_paths(calibrate_on, int8.calibration_images)
+    dataset = open_selected(check) if check.dataset else None
     model = resolve_spec(model)
     m = load_model_for(model)
     dest = out or Path(f"{m.card.name}-int8.onnx")
@@ -156,3 +173,40 @@ def export_int8(model: ModelSpec, out: Path | None, int8, overwrite: bool = Fals
             Path(tmp).unlink(missing_ok=True)
     info(f"onnx int8: wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB), calibrated on {record['images']} images "
          f"({record['method']}); cached for --precision int8")
+    from ..engine.runners import int8_check_path, int8_passes
+    from ..fileio import atomic_write_bytes
+
+    result = check_int8(Path(fp32), cached, m.card, dataset) if dataset is not None else None
+    int8_check_path(cached).unlink(missing_ok=True)  # a check of an earlier calibration no longer holds
+    if result is None:
+        info("not checked on labelled data (no --dataset): --precision auto keeps fp32 for this model")
+        return
+    atomic_write_bytes(int8_check_path(cached), (json.dumps(result, indent=2) + "\n").encode())
+    verdict = ("--precision auto now runs int8 on the CPU" if int8_passes(result)
+               else "more than 0.3 points: --precision auto keeps fp32")
+    info(f"int8 check on {result['dataset']} ({result['images']} images): mAP fp32 {result['fp32_mAP']:.2f}, "
+         f"int8 {result['int8_mAP']:.2f} ({result['int8_mAP'] - result['fp32_mAP']:+.2f}); {verdict}")
+
+
+def check_int8(fp32: Path, int8: Path, card, dataset) -> dict:
+    """mAP of both exports on a labelled set (classes matched by name, as csra eval does)."""
+    import numpy as np
+
+    from ..cpu import default_workers
+    from ..engine.runners import cpu_runner
+    from ..evaluation.metrics import evaluate
+    from ..evaluation.scoring import match_classes, score_images
+
+    data_cols, model_cols, _, _ = match_classes(dataset, card.classes, {})
+    if not data_cols:
+        raise CSRAError(f"{dataset.name}: none of its classes is a class of {card.name}; nothing to check on")
+    maps = {}
+    for precision, path in (("fp32", fp32), ("int8", int8)):
+        info(f"int8 check: scoring {len(dataset)} images in {precision} …")
+        scores, _ = score_images(cpu_runner(path, card), dataset.paths, 16, default_workers())
+        sc, lab = scores[:, model_cols], dataset.labels[:, data_cols]
+        readable = ~np.isnan(sc).any(axis=1)
+        maps[precision] = evaluate(sc[readable], lab[readable], [card.classes[c] for c in model_cols])["mAP"]
+    return {"dataset": dataset.name, "images": len(dataset), "fp32_mAP": round(float(maps["fp32"]), 2),
+            "int8_mAP": round(float(maps["int8"]), 2), "max_drop": 0.3,
+            "measured_with": "csra export --onnx --int8 --dataset ..."}

@@ -9,7 +9,7 @@ import typer
 
 from ..models import registry
 from ..models.card import heads_text, model_files
-from .app import handle_errors, models_app, writing_into_cache
+from .common import handle_errors, models_app, writing_into_cache
 from ..console import info, warn
 from ..errors import CSRAError
 

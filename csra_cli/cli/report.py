@@ -8,7 +8,7 @@ import typer
 
 from ..console import info
 from ..errors import CSRAError
-from .app import OverwriteOpt, QuietOpt, app, check_output, handle_errors
+from .common import OverwriteOpt, QuietOpt, app, check_output, handle_errors
 
 # Shared by ``tag --report`` and ``eval --report``.
 ReportOpt = Annotated[Optional[str], typer.Option(

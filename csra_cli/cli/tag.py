@@ -13,7 +13,7 @@ import typer
 from ..console import err, error, info, warn
 from ..engine.run_spec import RunSpec
 from ..errors import CSRAError
-from .app import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, RUN_OPTIONS, QuietOpt, TopKOpt, app, check_engine,
+from .common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, RUN_OPTIONS, QuietOpt, TopKOpt, app, check_engine,
                   check_inputs_exist, check_output, handle_errors, in_range, resolved_run, runner_for)
 from .options import REQUIRED, Opt, OptionGroup
 from .report import ReportOpt, check_report_path, write_tag_report
@@ -303,7 +303,7 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
     if stats.tagged + stats.failed + stats.skipped == 0:
         warn("no images found in the inputs")
     if not quiet:
-        print_tag_summary(stats, out, preparing)
+        print_tag_summary(stats, out, preparing, runner)
         if plan is not None:
             print_update_summary(plan, out)
     raise typer.Exit(EXIT_SOME_FAILED if stats.failed else EXIT_OK)
@@ -332,6 +332,18 @@ def keyword_embedder(sidecars, quiet: bool):
     return embed
 
 
+def ran_as(runner) -> str:
+    """The model and how it ran: "csra-voc-effl2-512, int8 (onnxruntime, CPU)"."""
+    from ..engine.runners import OnnxRunner, precision_of
+
+    engine = "onnxruntime" if isinstance(getattr(runner, "runner", runner), OnnxRunner) else "PyTorch"
+    device = str(getattr(runner, "device", "cpu")).split(":")[0].upper()
+    if getattr(runner, "on_gpu", False):
+        device = "CUDA"
+    tta = ", flip TTA" if getattr(runner, "tta", False) else ""
+    return f"{runner.card.name}, {precision_of(runner)} ({engine}, {device}{tta})"
+
+
 def print_update_summary(plan, out: str) -> None:
     """What --update did: the counts, and the records it dropped (their files are gone)."""
     info(f"updated {out}: {plan.summary()}")
@@ -341,10 +353,12 @@ def print_update_summary(plan, out: str) -> None:
         info(f"  … and {len(plan.removed) - 10} more removed")
 
 
-def print_tag_summary(stats, out: str, preparing: float = 0.0) -> None:
+def print_tag_summary(stats, out: str, preparing: float = 0.0, runner=None) -> None:
     from rich.table import Table
 
     table = Table(title="csra tag", show_header=False)
+    if runner is not None:
+        table.add_row("model", ran_as(runner))
     table.add_row("tagged", str(stats.tagged))
     table.add_row("failed", str(stats.failed))
     if stats.skipped:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import DATASET_OPTIONS, DatasetOptions, app, check_output, handle_errors, in_range, open_selected, writing_into_cache
+from .common import DATASET_OPTIONS, DatasetOptions, app, check_output, handle_errors, in_range, open_selected, writing_into_cache
 from ..console import info
 from ..errors import CSRAError
 from ..models.card import heads_text

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cpu import cpu_cores
+from ..cpu import cpu_cores, cpu_info
 from ..models.loading import load_spec
 from .run_spec import RunSpec
 
@@ -45,19 +44,6 @@ def synthetic_images(n: int, folder: Path, size=(500, 375)) -> list[str]:
         Image.fromarray(arr).save(p, quality=90)
         paths.append(str(p))
     return paths
-
-
-def cpu_info() -> dict:
-    """The CPU model and the vector-instruction flags that decide int8/fp32 speed (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"cpu_model": platform.processor() or platform.machine()}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = fields.get("flags", "").split()
-    wanted = [f for f in flags if f.startswith(("avx", "fma", "f16c", "amx")) or f in ("sse4_2", "vnni")]
-    return {"cpu_model": fields.get("model name", ""), "cpu_flags": wanted}
 
 
 def _latencies(times: list[float]) -> dict:

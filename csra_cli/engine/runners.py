@@ -19,11 +19,13 @@ from ..models.card import ModelCard, ModelFiles, model_files
 from ..models.spec import ModelSpec
 from ..data.preprocess import Preprocess
 from .device import autocast_dtype, pick_device, runs_on_cpu
+from .ort_session import cpu_session
 from .run_spec import RunSpec
 
-# What --precision auto means on the CPU. int8 would need both goals of benchmarks/RESULTS.md
-# (mAP drop <= 0.3 points, >= 1.8x fp32's model-only speed); see there for why it is fp32.
-CPU_AUTO_PRECISION = "fp32"
+# --precision auto on the CPU runs a model's int8 export when a check on labelled data found it
+# at most this many mAP points below fp32 (the card's int8_check for a shipped int8 file, the
+# record `csra export --int8 --dataset ...` keeps beside a cached one); fp32 otherwise.
+INT8_MAX_DROP = 0.3
 
 
 class TorchRunner:
@@ -76,7 +78,7 @@ class OnnxRunner:
         if device != "cpu" and "CUDAExecutionProvider" in available:
             providers.insert(0, "CUDAExecutionProvider")
         self.path = str(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.session = cpu_session(self.path, opts, providers)
         self.on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
         if "torch" in sys.modules:  # an idle-spinning torch thread pool would only compete with onnxruntime
             sys.modules["torch"].set_num_threads(1)
@@ -318,12 +320,45 @@ def fast_runner(model: ModelSpec, precision: str = "auto") -> OnnxRunner | None:
     if found is None:
         return None
     files, card = found
-    wanted = CPU_AUTO_PRECISION if precision == "auto" else precision
+    wanted = auto_precision(files, card) if precision == "auto" else precision
     for p in dict.fromkeys([wanted] + (["fp32"] if precision == "auto" else [])):
         runner = precision_runner(files, card, p)
         if runner is not None:
             return runner
     return None
+
+
+def int8_check_of(files: ModelFiles, card: ModelCard) -> dict | None:
+    """The accuracy check of the int8 export that --precision int8 would run: the record beside
+    a cached export (the user's own calibration; none if it was not checked), else the card's
+    check of the int8 file shipped beside it."""
+    cached = cache_path(files.weights, card, "int8")
+    if cached.is_file():
+        return read_int8_check(cached)
+    return (card.int8_check or None) if files.int8.is_file() else None
+
+
+def read_int8_check(export: Path) -> dict | None:
+    try:
+        return json.loads(int8_check_path(export).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def int8_check_path(export: Path) -> Path:
+    return export.with_name(export.name + ".check.json")
+
+
+def int8_passes(check: dict | None) -> bool:
+    try:
+        return check is not None and float(check["fp32_mAP"]) - float(check["int8_mAP"]) <= INT8_MAX_DROP
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def auto_precision(files: ModelFiles, card: ModelCard) -> str:
+    """What --precision auto runs on the CPU: int8 where its check passes, else fp32."""
+    return "int8" if int8_passes(int8_check_of(files, card)) else "fp32"
 
 
 def int8_missing(name: str) -> str:
