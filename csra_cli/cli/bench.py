@@ -56,8 +56,9 @@ def bench(
         return
     from rich.table import Table
 
-    t = Table(title=f"csra bench: {result['model']} @ {result['input_size']}px, {result['images']} images, "
-                    f"{result['device']}, batch {result['batch_size']}, {result['workers']} workers")
+    t = Table(title=f"csra bench: {result['model']} @ {result['input_size']}px, {result['runner_precision']} "
+                    f"({result['backend']}), {result['images']} images, {result['device']}, batch "
+                    f"{result['batch_size']}, {result['workers']} workers")
     for col in ("pipeline", "images/s", "p50 ms/batch", "p95 ms/batch"):
         t.add_column(col)
     for key, label in (("model_only", "model only"), ("model_only_fp32", "model only, fp32 (alternating)"),
@@ -72,6 +73,11 @@ def bench(
         r = result["ratios"]
         err.print(f"end to end vs demo-style: {r['end_to_end_vs_demo']}x, vs val-style: {r['end_to_end_vs_val']}x; "
                   f"tags same as exact resize: {result['tags_same_as_exact_resize_pct']}%")
+    if "ceiling" in result:
+        c = result["ceiling"]
+        err.print(f"end to end {c['end_to_end_images_per_s']} images/s = {100 * c['end_to_end_share_of_model_only']:.1f}% "
+                  f"of model only on the same photos ({c['model_only_images_per_s']} images/s; {result['runner_precision']}, "
+                  f"{c['lanes']} lanes; median of {len(c['rounds']['model_only'])} alternating rounds)")
     if "int8_vs_fp32_model_only" in result:
         err.print(f"int8 vs fp32, model only: {result['int8_vs_fp32_model_only']}x (median of alternating rounds)")
     if "whole_process_tag_vs_demo" in result.get("ratios", {}):

@@ -82,8 +82,12 @@ def decode_batch(preprocess: Preprocess, paths: list[str], fingerprints: bool = 
     from .fingerprint import fingerprint
 
     prints = [fingerprint(p) for p in paths] if fingerprints else None
-    loaded = [load_one(preprocess, p) for p in paths]
-    return np.stack([a for a, _ in loaded]), [e for _, e in loaded], prints
+    batch = np.empty((len(paths), 3, preprocess.size, preprocess.size), dtype=np.uint8)
+    errors = []
+    for i, p in enumerate(paths):
+        batch[i], error = load_one(preprocess, p)
+        errors.append(error)
+    return batch, errors, prints
 
 
 class Decoded(NamedTuple):
@@ -176,6 +180,11 @@ class DecodePool:
         ctx = _pool_context()
         watched, self._alive = ctx.Pipe(duplex=False)  # workers watch for its EOF: csra gone
         self._pool = ProcessPoolExecutor(self.workers, ctx, _init_worker, (self.pre, watched, self.fingerprints))
+        if hasattr(signal, "pthread_sigmask"):
+            # This thread only (and after the resource tracker's start, which unblocks it): the
+            # forkserver and the workers inherit the mask, so a Ctrl-C that reaches them while
+            # Python starts up in them, before they ignore it, cannot kill one mid-import.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:  # processes spawn at the first task: wait until one has run
             self._pool.submit(int).result()
         except Exception:  # no worker could start: batches keep decoding on the thread
@@ -299,6 +308,44 @@ def stream_batches(paths: Iterable[str], preprocess: Preprocess, batch_size: int
     finally:
         if own:
             pool.close()
+
+
+def _readable_images(decoded: Decoded) -> np.ndarray | None:
+    """The batch's images that decoded (the batch itself when all did: indexing would copy it)."""
+    good = [i for i, e in enumerate(decoded.errors) if not e]
+    if not good:
+        return None
+    return decoded.images if len(good) == len(decoded.errors) else decoded.images[good]
+
+
+def scored_batches(runner, batches: Iterable[Decoded], ahead: int = 2) -> Iterator[tuple[Decoded, np.ndarray]]:
+    """(batch, probabilities of its readable images) in order, with the model ``ahead`` batches
+    in front of the caller: while the caller writes batch k's records, sidecars and output, the
+    model already runs batch k + 1, and a runner that takes work ahead (``runner.submit``: the
+    CPU lanes) has it queued before batch k ends, so a lane that finishes first starts the next
+    image instead of waiting for the other at the batch's end. onnxruntime and PyTorch let the GIL
+    go while they compute."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    empty = np.zeros((0, len(runner.card.classes)), dtype=np.float32)
+    submit = getattr(runner, "submit", None)
+    with ThreadPoolExecutor(1, thread_name_prefix="csra-model") as model:
+        def start(decoded: Decoded):
+            images = _readable_images(decoded)
+            if images is None:
+                return _Done(empty)
+            return submit(images) if submit is not None else model.submit(runner, images)
+
+        queued: collections.deque = collections.deque()
+        for decoded in batches:
+            queued.append((decoded, start(decoded)))
+            if len(queued) >= ahead:
+                done, future = queued.popleft()
+                yield done, future.result()
+        while queued:
+            done, future = queued.popleft()
+            yield done, future.result()
 
 
 # ----------------------------------------------------------------------------- training (PyTorch)

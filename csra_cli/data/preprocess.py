@@ -67,7 +67,8 @@ def open_image(path, draft_size: int | None = None) -> Image.Image:
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation; exif_transpose copies even when it is 1
+        img = ImageOps.exif_transpose(img)
     return to_rgb(img)
 
 
@@ -92,8 +93,9 @@ class Preprocess:
         return self.resize(open_image(path, self.size if self.fast else None))
 
     def resize(self, img: Image.Image) -> np.ndarray:
+        """uint8 (3, S, S): a channels-first view of the resized image (a batch copies it once, into place)."""
         img = to_rgb(img).resize((self.size, self.size), Image.BILINEAR)
-        return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+        return np.asarray(img).transpose(2, 0, 1)
 
     def normalize(self, batch):
         """uint8 (B, 3, S, S) tensor or array -> the model's float input as a torch tensor,
@@ -109,7 +111,7 @@ class Preprocess:
 
     def normalize_numpy(self, batch: np.ndarray) -> np.ndarray:
         """The same as ``normalize`` in numpy (for onnxruntime: no torch involved)."""
-        x = batch.astype(np.float32) * np.float32(1 / 255.0)
+        x = np.multiply(batch, np.float32(1 / 255.0), dtype=np.float32)  # one pass, no uint8->float copy
         if self.mean is not None:
             x -= self.mean
             x /= self.std

@@ -99,22 +99,55 @@ class OnnxRunner:
     cpu_chunk = 1
 
     def __call__(self, batch) -> np.ndarray:
-        x = self.pre.normalize_numpy(np.asarray(batch))
-        if self.fp16:
-            x = x.astype(np.float16)
-        step = len(x) if self.on_gpu else self.cpu_chunk
-        chunks = [x[i:i + step] for i in range(0, len(x), step)]
-        run = lambda chunk: self.session.run(None, {self.input.name: chunk})[0]  # noqa: E731
-        if self.lanes > 1 and len(chunks) > 1 and not self.on_gpu:
-            if self._pool is None:  # onnxruntime lets the GIL go while it runs
-                from concurrent.futures import ThreadPoolExecutor
+        batch = np.asarray(batch)
+        if self.lanes > 1 and len(batch) > self.cpu_chunk and not self.on_gpu:
+            return self.submit(batch).result()
+        step = len(batch) if self.on_gpu else self.cpu_chunk
+        return _probabilities([self._run(batch[i:i + step]) for i in range(0, len(batch), step)])
 
-                self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="csra-lane")
-            outputs = list(self._pool.map(run, chunks))
-        else:
-            outputs = [run(chunk) for chunk in chunks]
-        logits = np.concatenate(outputs).astype(np.float32)
-        return 1.0 / (1.0 + np.exp(-logits))
+    def submit(self, batch) -> "_LaneResult":
+        """Queue a batch on the lanes (one image each) and return at once; ``.result()`` gives its
+        probabilities. Work queued before the previous batch ends keeps every lane busy."""
+        batch = np.asarray(batch)
+        if self.on_gpu or self.lanes <= 1:
+            return _LaneResult([_Ready(self(batch))], done=True)
+        if self._pool is None:  # onnxruntime lets the GIL go while it runs
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="csra-lane")
+        step = self.cpu_chunk
+        return _LaneResult([self._pool.submit(self._run, batch[i:i + step]) for i in range(0, len(batch), step)])
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        # made float here, in its lane: in parallel, and while the image is still in the cache
+        # (normalising a whole batch first kept both lanes idle for ~1 ms an image)
+        x = self.pre.normalize_numpy(chunk)
+        return self.session.run(None, {self.input.name: x.astype(np.float16) if self.fp16 else x})[0]
+
+
+def _probabilities(logits: list[np.ndarray]) -> np.ndarray:
+    x = np.concatenate(logits).astype(np.float32)
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class _Ready:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class _LaneResult:
+    """A batch queued on the lanes: its chunks' futures, joined into probabilities."""
+
+    def __init__(self, futures: list, done: bool = False):
+        self.futures, self.done = futures, done
+
+    def result(self) -> np.ndarray:
+        if self.done:
+            return self.futures[0].result()
+        return _probabilities([f.result() for f in self.futures])
 
 
 def precision_of(runner) -> str:

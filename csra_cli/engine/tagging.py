@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..data.loader import DecodePool, LoaderStats, stream_batches
+from ..data.loader import DecodePool, Decoded, LoaderStats, scored_batches, stream_batches
 from ..errors import CSRAError
 from ..results.sinks import make_record
 
@@ -211,24 +211,23 @@ def run_tagging(runner, paths: Iterable[str], sinks: list, policy: TagPolicy, ru
     waits = LoaderStats()
     # one pool for the whole run; the fingerprints are read there, beside the decoding
     with DecodePool(runner.pre, run.resolved_workers, fingerprints=settings is not None) as pool:
-        for _, batch_paths, batch, errors, files in stream_batches(pending(paths, hooks.skip, stats), runner.pre,
-                                                                   run.batch_size, pool=pool, stats=waits):
-            _emit(runner, (batch_paths, batch, errors, files), stats, sinks, policy, hooks.on_record, settings)
+        batches = stream_batches(pending(paths, hooks.skip, stats), runner.pre, run.batch_size, pool=pool, stats=waits)
+        for decoded, probs in scored_batches(runner, batches):
+            _emit(runner, decoded, probs, stats, sinks, policy, hooks.on_record, settings)
             if hooks.progress:
-                hooks.progress(len(batch_paths))
+                hooks.progress(len(decoded.paths))
     stats.model_idle = waits.idle_share
     return stats
 
 
-def _emit(runner, decoded, stats: TagStats, sinks, policy: TagPolicy, on_record, settings) -> None:
-    """Score one decoded batch (paths, images, errors, fingerprints) and hand its records on."""
-    batch_paths, batch, errors, files = decoded
+def _emit(runner, decoded: Decoded, probs: np.ndarray, stats: TagStats, sinks, policy: TagPolicy, on_record,
+          settings) -> None:
+    """Hand a scored batch's records on (paths, errors and fingerprints from ``decoded``)."""
     classes = runner.card.classes
-    good = [i for i, e in enumerate(errors) if not e]
-    probs = runner(batch[good]) if good else np.zeros((0, len(classes)))
-    row = {i: r for r, i in enumerate(good)}
+    errors, files = decoded.errors, decoded.files
+    row = {i: r for r, i in enumerate(i for i, e in enumerate(errors) if not e)}
     stamp = record_stamp(runner, settings)
-    for i, path in enumerate(batch_paths):
+    for i, path in enumerate(decoded.paths):
         rec = image_record(path, None if errors[i] else probs[row[i]], errors[i], classes, policy, stamp,
                            files[i] if files else None)
         deliver(rec, sinks, stats, on_record)

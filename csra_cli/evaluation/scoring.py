@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.datasets import LabelledSet
 from ..errors import CSRAError
-from ..data.loader import stream_batches
+from ..data.loader import scored_batches, stream_batches
 
 
 def score_images(runner, paths: list[str], batch_size: int, workers: int,
@@ -20,14 +20,14 @@ def score_images(runner, paths: list[str], batch_size: int, workers: int,
     scores = np.full((len(paths), len(runner.card.classes)), np.nan, dtype=np.float32)
     failures: list[tuple[str, str]] = []
     row = 0
-    for _, batch_paths, batch, errors, _ in stream_batches(paths, runner.pre, batch_size, workers, runner.pin):
-        good = [i for i, e in enumerate(errors) if not e]
-        if good:
-            scores[[row + i for i in good]] = runner(batch[good])
-        failures += [(p, e) for p, e in zip(batch_paths, errors) if e]
-        row += len(batch_paths)
+    batches = stream_batches(paths, runner.pre, batch_size, workers, runner.pin)
+    for decoded, probs in scored_batches(runner, batches):
+        good = [i for i, e in enumerate(decoded.errors) if not e]
+        scores[[row + i for i in good]] = probs
+        failures += [(p, e) for p, e in zip(decoded.paths, decoded.errors) if e]
+        row += len(decoded.paths)
         if progress:
-            progress(len(batch_paths))
+            progress(len(decoded.paths))
     return scores, failures
 
 
