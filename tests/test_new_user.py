@@ -56,12 +56,13 @@ def test_a_name_that_is_not_utf8_leaves_every_output_readable_and_exact(tmp_path
     assert streamed.splitlines()[0] == "path,tags,error,path_bytes"
 
 
-def test_ctrl_c_in_a_terminal_is_one_line(tmp_path, tiny_model_path):
+@pytest.mark.parametrize("decode", ["threads", "processes"])
+def test_ctrl_c_in_a_terminal_is_one_line(tmp_path, tiny_model_path, decode):
     folder = tmp_path / "many"
     for i in range(300):
         make_image(folder / f"img{i:03d}.png", size=(48, 48))
     out = tmp_path / "t.csv"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CSRA_DECODE": decode}
     proc = subprocess.Popen([sys.executable, "-m", "csra_cli", "tag", str(folder), "-o", str(out), "-m",
                              str(tiny_model_path), "-j", "2", "-b", "1"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)

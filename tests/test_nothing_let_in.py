@@ -156,7 +156,7 @@ def _run_tag_and_kill(tmp_path, tiny_model_path, extra):
     for i in range(400):
         make_image(folder / f"img{i:03d}.png", size=(96, 96))
     out = tmp_path / "t.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CSRA_DECODE": "processes"}
     proc = subprocess.Popen([sys.executable, "-m", "csra_cli", "tag", str(folder), "-m", str(tiny_model_path), "-q",
                              "-o", str(out), "-b", "1", *extra], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

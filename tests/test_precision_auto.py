@@ -140,12 +140,13 @@ def test_the_optimised_graph_is_saved_once_and_gives_the_same_outputs(tmp_path, 
     assert optimized_path(str(tmp_path / "other.onnx")) != saved
 
 
-def test_decode_workers_start_only_for_a_second_batch(tmp_path):
+def test_decode_processes_start_only_for_a_second_batch(tmp_path, monkeypatch):
     import psutil
 
     from csra_cli.data.loader import DecodePool, decode_batch
     from csra_cli.data.preprocess import Preprocess
 
+    monkeypatch.setenv("CSRA_DECODE", "processes")
     pre = Preprocess(32)
     paths = [str(make_image(tmp_path / f"i{i}.png")) for i in range(6)]
     with DecodePool(pre, 1) as pool:

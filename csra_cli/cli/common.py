@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Annotated, Optional
+from dataclasses import replace
+from typing import Annotated, List, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -236,7 +237,7 @@ BackendOpt = Annotated[str, typer.Option(
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", callback=in_range("--batch-size", 1),
                                             help="Images per model call.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", callback=in_range("--workers", -1),
-                                         help="Decoding processes (-1: cores - 1, at most 4).")]
+                                         help="Decoding workers (-1: cores - 1, at most 4): threads, or processes with CSRA_DECODE=processes.")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", callback=in_range("--top-k", 1),
                                                 help="At most K classes per image, best first.")]
 TTAOpt = Annotated[bool, typer.Option(
@@ -259,6 +260,12 @@ RUN_OPTIONS = OptionGroup(
     workers=Opt(WorkersOpt, -1), device=Opt(DeviceOpt, "auto"), precision=Opt(PrecisionOpt, "auto"),
     backend=Opt(BackendOpt, "auto"), tta=Opt(TTAOpt, False), engine=Opt(EngineOpt, "local"),
     ray_address=Opt(RayAddressOpt))
+# tag's: --model may be given several times (several models in one pass over the images).
+ModelsOpt = Annotated[List[str], typer.Option(
+    "--model", "-m", help="Model name, .safetensors or its card .json, official .pth or .onnx (default: the shipped "
+                          "model). Give it again to run several models in one pass: --model default --model imagenet.")]
+MULTI_RUN_OPTIONS = OptionGroup(RunSpec.from_options, "Model and how to run it",
+                                **{**RUN_OPTIONS.options, "source": Opt(ModelsOpt, [])})
 
 # Which labelled set: eval and train (train has its own defaults and help for some).
 DATASET_OPTIONS = OptionGroup(
@@ -289,25 +296,37 @@ def load_model_for(model: ModelSpec):
 
 
 def resolved_run(run: RunSpec):
-    """(the run with its model resolved once, the model's card where it can be read without
-    loading the model: our format), so that checks needing only the card come before any
-    loading or one-time export."""
-    if run.model.is_onnx:
-        return run, None
+    """(the run with its models resolved once, the card where it can be read without loading
+    the models: our format; for several models, their merged card), so that checks needing only
+    the card come before any loading or one-time export."""
     from ..models.loading import find_card, resolve_spec
 
-    model = resolve_spec(run.model)
-    found = find_card(model)
-    return run.with_model(model), (found[1] if found else None)
+    models = tuple(m if m.is_onnx else resolve_spec(m) for m in run.models)
+    found = [None if m.is_onnx else find_card(m) for m in models]
+    cards = [f[1] for f in found if f]
+    run = replace(run, models=models)
+    if len(cards) != len(models):
+        return run, None
+    if len(cards) == 1:
+        return run, cards[0]
+    from ..engine.model_set import merged_card
+
+    return run, merged_card(cards)
 
 
 def runner_for(run: RunSpec):
-    """The runner (PyTorch or onnxruntime) of the run's model, as the run says to run it."""
+    """The runner (PyTorch or onnxruntime) of the run's model, as the run says to run it; for
+    several models (tag --model A --model B) one ModelSet of their runners."""
     from ..engine.runners import build_runner
 
-    warn_official_settings(run.model)
     run.checked_precision()
-    return build_runner(run.model, run)
+    for model in run.models:
+        warn_official_settings(model)
+    if len(run.models) == 1:
+        return build_runner(run.model, run)
+    from ..engine.model_set import ModelSet
+
+    return ModelSet([build_runner(m, run) for m in run.models])
 
 
 def check_engine(run: RunSpec) -> None:

@@ -26,7 +26,8 @@ OUTPUTS = OptionGroup(
 # How scores are judged.
 MEASURES = OptionGroup(
     "EvalMeasures", "Metrics",
-    class_map=Opt(Annotated[Optional[str], typer.Option(help="Dataset name -> model name: JSON or CSV file, or coco-to-voc / voc-to-coco.")]),
+    class_map=Opt(Annotated[Optional[str], typer.Option(help="Dataset name -> model name: JSON or CSV file, or coco-to-voc / voc-to-coco; "
+                                                       "imagenet-to-voc / imagenet-to-coco sum the ImageNet classes under each.")]),
     threshold=Opt(Annotated[float, typer.Option("--threshold", "-t", callback=in_range("--threshold", 0, 1),
                                                 help="Threshold for CP/CR/CF1/OP/OR/OF1.")], 0.5),
     ap=Opt(Annotated[str, typer.Option("--ap", help="exact (non-interpolated, as the paper) or voc07-11pt.")], "exact"))
@@ -54,7 +55,8 @@ def eval_cmd(
     --json - the JSON alone goes there and the table to stderr."""
     import numpy as np
 
-    from ..evaluation.scoring import align_scores, match_classes, read_class_map, read_scores
+    from ..evaluation.scoring import (align_scores, combine_classes, match_classes, read_class_map,
+                                      read_grouped_map, read_scores)
 
     if scores and run.tta:
         raise CSRAError("--tta changes how a model scores images; with --scores FILE no model runs")
@@ -82,6 +84,10 @@ def eval_cmd(
             from ..evaluation.scoring import write_scores
 
             write_scores(outputs.save_scores, dataset.paths, model_classes, all_scores)
+    grouped = read_grouped_map(measures.class_map)
+    if grouped is not None:  # many model classes onto each dataset class (imagenet-to-voc)
+        all_scores, model_classes = combine_classes(all_scores, model_classes, grouped)
+        card = None  # the card's thresholds are its own classes'
     data_cols, model_cols, left_data, left_model = match_classes(dataset, model_classes,
                                                                  read_class_map(measures.class_map))
     if left_data and not quiet:

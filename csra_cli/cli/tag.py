@@ -13,10 +13,11 @@ import typer
 from ..console import err, error, info, warn
 from ..engine.run_spec import RunSpec
 from ..errors import CSRAError
-from .common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, RUN_OPTIONS, QuietOpt, TopKOpt, app, check_engine,
+from .common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, MULTI_RUN_OPTIONS, QuietOpt, TopKOpt, app, check_engine,
                   check_inputs_exist, check_output, handle_errors, in_range, resolved_run, runner_for)
 from .options import REQUIRED, Opt, OptionGroup
 from .report import ReportOpt, check_report_path, write_tag_report
+from ..results.sidecars import keyword_hierarchy
 
 # The tag command's options besides the model and run ones, in the values its body reads.
 INPUTS = OptionGroup(
@@ -40,7 +41,8 @@ SELECTION = OptionGroup(
     classes=Opt(Annotated[Optional[str], typer.Option("--classes", help="Only these classes (comma-separated).")]),
     scores=Opt(Annotated[bool, typer.Option("--scores", help="Add every class's score to each record (keyed by the model's class names).")], False),
     exclude=Opt(Annotated[Optional[str], typer.Option("--exclude", help="Never give these tags (comma-separated class or tag names).")]),
-    rename=Opt(Annotated[Optional[str], typer.Option("--rename", help="Write tags under other names: old=new,old2=new2, or a JSON {old: new} / CSV old,new file (default: the card's display names).")]))
+    rename=Opt(Annotated[Optional[str], typer.Option("--rename", help="Write tags under other names: old=new,old2=new2, or a JSON {old: new} / CSV old,new file (default: the card's display names).")]),
+    keywords=Opt(Annotated[str, typer.Option("--keywords", help="For a model whose card has broader terms (--model imagenet): fine (golden retriever), broad (dog, animal) or both; each term once an image. XMP keyword paths read animal|dog|golden retriever.")], "both"))
 SIDECARS = OptionGroup(
     "SidecarOptions", "Sidecars",
     sidecar=Opt(Annotated[List[str], typer.Option("--sidecar", help="Also write txt (comma-separated tags) and/or xmp sidecars: --sidecar txt,xmp or the flag twice.")], []),
@@ -63,7 +65,7 @@ SidecarOptions = SIDECARS.build
 @handle_errors
 @INPUTS.into("inputs")
 @OUTPUT.into("output")
-@RUN_OPTIONS.into("run")
+@MULTI_RUN_OPTIONS.into("run")
 @SELECTION.into("selection")
 @SIDECARS.into("sidecars")
 def tag(inputs: "TagInputs", output: "TagOutput", run: RunSpec, selection: "TagSelection", sidecars: "SidecarOptions",
@@ -232,12 +234,15 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
         list_dry_run(inputs, output, page, writer, done)
         raise typer.Exit(EXIT_OK)
     check_engine(run)
+    if len(run.models) > 1 and run.engine != "local":
+        raise CSRAError("several --model in one run go with --engine local (Ray runs one model)")
     set_threads()
     runner = runner_for(run)
     preparing = time.time() - started  # loading, and a first-use ONNX export: part of the elapsed time
     policy = policy_for(runner.card, selection)
     columns = runner.card.classes if selection.scores else None
-    settings = None if out == "-" else run_settings(runner, run.model.path or run.model.source, policy)
+    weights = (run.models[0].path or run.models[0].source) if len(run.models) == 1 else None
+    settings = None if out == "-" else run_settings(runner, weights, policy)
     warnings: list[str] = []
     paths = expand_inputs(inputs.inputs, inputs.recursive, sys.stdin, warn=(lambda m: warnings.append(m) or warn(m)),
                           null=inputs.null)
@@ -262,10 +267,11 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
             streamed.append(rec)
         if rec["error"]:
             return
-        for problem in writer.write(rec["path"], rec["tags"]):
+        hierarchy = keyword_hierarchy(list(rec["scores"]), policy.broader)  # the fine tags' paths
+        for problem in writer.write(rec["path"], rec["tags"], hierarchy):
             warn(f"{rec['path']}: {problem}")
         if embedder:
-            embedder(rec)
+            embedder(rec, hierarchy)
 
     progress = start_progress(total, "tagging", quiet)
     hooks = TagHooks(on_record=on_record, progress=progress.advance if progress else None, skip=sink.done)
@@ -320,9 +326,9 @@ def keyword_embedder(sidecars, quiet: bool):
     if not quiet:
         warn("--embed: writing keywords INTO the image files (their pixels and your own keywords are kept)")
 
-    def embed(rec: dict) -> None:
+    def embed(rec: dict, hierarchy: list[str] | None = None) -> None:
         try:
-            file = embed_keywords(rec["path"], rec["tags"], sidecars.keep_mtime)
+            file = embed_keywords(rec["path"], rec["tags"], sidecars.keep_mtime, hierarchy)
         except (NotEmbedded, OSError) as exc:
             warn(f"{rec['path']}: keywords not embedded ({exc})")
             return
@@ -333,9 +339,11 @@ def keyword_embedder(sidecars, quiet: bool):
 
 
 def ran_as(runner) -> str:
-    """The model and how it ran: "csra-voc-effl2-512, int8 (onnxruntime, CPU)"."""
+    """The model and how it ran: "csra-voc-effl2-512, int8 (onnxruntime, CPU)"; several: each, "; "-joined."""
     from ..engine.runners import OnnxRunner, precision_of
 
+    if hasattr(runner, "runners"):
+        return "; ".join(ran_as(r) for r in runner.runners)
     engine = "onnxruntime" if isinstance(getattr(runner, "runner", runner), OnnxRunner) else "PyTorch"
     device = str(getattr(runner, "device", "cpu")).split(":")[0].upper()
     if getattr(runner, "on_gpu", False):

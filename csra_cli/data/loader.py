@@ -1,6 +1,6 @@
-"""Streaming image loading shared by tag, eval and bench: one pool of decode processes for the
-whole run decodes and resizes while the model runs; a file that fails becomes an error record,
-never an exception. No torch here: the DataLoader adapter at the end is for training only."""
+"""Streaming image loading shared by tag, eval and bench: one pool of decode workers (threads,
+or processes) for the whole run decodes and resizes while the model runs; a file that fails
+becomes an error record, never an exception. No torch here: the DataLoader adapter at the end is for training only."""
 from __future__ import annotations
 
 import collections
@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .preprocess import Preprocess
+from .preprocess import MultiPreprocess, Preprocess
 
 
 def describe_error(exc: BaseException) -> str:
@@ -36,8 +36,10 @@ def describe_error(exc: BaseException) -> str:
 
 
 def load_one(preprocess: Preprocess, path: str, flip: bool = False) -> tuple[np.ndarray, str]:
-    """(uint8 (3, S, S) array, "") or (a blank array, the reason the file could not be used)."""
-    blank = np.zeros((3, preprocess.size, preprocess.size), dtype=np.uint8)
+    """(uint8 (3, S, S) array, "") or (a blank array, the reason the file could not be used);
+    for several models' preprocessing (MultiPreprocess), one such array per input size."""
+    blank = (preprocess.blank() if isinstance(preprocess, MultiPreprocess)
+             else np.zeros((3, preprocess.size, preprocess.size), dtype=np.uint8))
     try:
         problem = file_problem(path)
         if problem:
@@ -82,10 +84,17 @@ def decode_batch(preprocess: Preprocess, paths: list[str], fingerprints: bool = 
     from .fingerprint import fingerprint
 
     prints = [fingerprint(p) for p in paths] if fingerprints else None
-    batch = np.empty((len(paths), 3, preprocess.size, preprocess.size), dtype=np.uint8)
+    multi = isinstance(preprocess, MultiPreprocess)
+    batch = (preprocess.empty_batch(len(paths)) if multi
+             else np.empty((len(paths), 3, preprocess.size, preprocess.size), dtype=np.uint8))
     errors = []
     for i, p in enumerate(paths):
-        batch[i], error = load_one(preprocess, p)
+        image, error = load_one(preprocess, p)
+        if multi:
+            for size, arr in image.items():
+                batch.by_size[size][i] = arr
+        else:
+            batch[i] = image
         errors.append(error)
     return batch, errors, prints
 
@@ -143,12 +152,26 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
-class DecodePool:
-    """Decode processes kept for a whole run (every batch of every stream goes through the same
-    workers); ``workers=0`` decodes in this process; ``fingerprints``: each file's size, mtime and
-    sha256 come with its image. Use as a context manager.
+def decode_mode() -> str:
+    """Where decode workers run ($CSRA_DECODE): "threads" (the default) of this process, or
+    "processes". Pillow lets the GIL go while it decodes and resizes, and threads hand their
+    images over without a copy: on 2 cores a thread gave end to end 90% of the model-only rate
+    where a process, whose 12 MB batches are pickled through a pipe, gave 85% (benchmarks/RESULTS.md)."""
+    from ..errors import CSRAError
 
-    The processes start in the background at the second batch: until they are up, batches decode
+    mode = os.environ.get("CSRA_DECODE") or "threads"
+    if mode not in ("threads", "processes"):
+        raise CSRAError(f"CSRA_DECODE={mode!r}: use threads or processes")
+    return mode
+
+
+class DecodePool:
+    """Decode workers kept for a whole run (every batch of every stream goes through the same
+    workers): threads, or processes (``decode_mode``); ``workers=0`` decodes in the caller's
+    thread; ``fingerprints``: each file's size, mtime and sha256 come with its image. Use as a
+    context manager.
+
+    Processes start in the background at the second batch: until they are up, batches decode
     on a thread of this process, so a run's first images never wait for a worker to start, and a
     run of one batch (one photo, say) starts none (a worker's start, a fresh Python importing
     numpy and Pillow, was ~0.2 s of a one-image run's ~0.7 s)."""
@@ -158,12 +181,13 @@ class DecodePool:
         self._pool = self._alive = self._local = self._starter = None
         self._ready = threading.Event()
         self._submitted = 0
+        self.processes = self.workers > 0 and decode_mode() == "processes"
 
     def submit(self, paths: list[str]):
         if not self.workers:
-            return _Done(decode_batch(self.pre, paths, self.fingerprints))
+            return Done(decode_batch(self.pre, paths, self.fingerprints))
         self._submitted += 1
-        if self._submitted == 2:
+        if self._submitted == 2 and self.processes:
             self._starter = threading.Thread(target=self._start_workers, daemon=True, name="csra-pool-start")
             self._starter.start()
         if self._ready.is_set():
@@ -171,7 +195,7 @@ class DecodePool:
         if self._local is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._local = ThreadPoolExecutor(1, thread_name_prefix="csra-decode")
+            self._local = ThreadPoolExecutor(1 if self.processes else self.workers, thread_name_prefix="csra-decode")
         return self._local.submit(decode_batch, self.pre, paths, self.fingerprints)
 
     def _start_workers(self) -> None:
@@ -210,8 +234,8 @@ class DecodePool:
         self.close()
 
 
-class _Done:
-    """An already computed result with the Future interface used here."""
+class Done:
+    """An already computed result with the Future interface (``result()``)."""
 
     def __init__(self, value):
         self.value = value
@@ -334,7 +358,7 @@ def scored_batches(runner, batches: Iterable[Decoded], ahead: int = 2) -> Iterat
         def start(decoded: Decoded):
             images = _readable_images(decoded)
             if images is None:
-                return _Done(empty)
+                return Done(empty)
             return submit(images) if submit is not None else model.submit(runner, images)
 
         queued: collections.deque = collections.deque()

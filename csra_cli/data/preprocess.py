@@ -120,3 +120,40 @@ class Preprocess:
     def __call__(self, img: Image.Image):
         """A PIL image -> the float (3, S, S) torch tensor the model takes."""
         return self.normalize(self.resize(img)[None])[0]
+
+
+class SizedBatch:
+    """uint8 batches of the same images at several sizes (several models in one run): indexing
+    selects images in every size, ``for_size`` gives one model's."""
+
+    def __init__(self, by_size: dict[int, np.ndarray]):
+        self.by_size = by_size
+
+    def __len__(self) -> int:
+        return len(next(iter(self.by_size.values())))
+
+    def __getitem__(self, index) -> "SizedBatch":
+        return SizedBatch({s: b[index] for s, b in self.by_size.items()})
+
+    def for_size(self, size: int) -> np.ndarray:
+        return self.by_size[size]
+
+
+class MultiPreprocess:
+    """Several models' preprocessing from one decode of each image: the file is decoded once
+    (at the largest size's draft) and resized once for each input size."""
+
+    def __init__(self, preprocesses: list[Preprocess]):
+        self.parts = {p.size: p for p in preprocesses}
+        self.size = max(self.parts)
+        self.fast = all(p.fast for p in preprocesses)
+
+    def blank(self) -> dict[int, np.ndarray]:
+        return {s: np.zeros((3, s, s), dtype=np.uint8) for s in self.parts}
+
+    def load(self, path) -> dict[int, np.ndarray]:
+        img = open_image(path, self.size if self.fast else None)
+        return {s: p.resize(img) for s, p in self.parts.items()}
+
+    def empty_batch(self, n: int) -> SizedBatch:
+        return SizedBatch({s: np.empty((n, 3, s, s), dtype=np.uint8) for s in self.parts})

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..cpu import cpu_cores, cpu_info
+from ..models.csra import torch_probabilities
 from ..models.loading import load_spec
 from .run_spec import RunSpec
 
@@ -240,7 +241,7 @@ def bench_val_style(model, paths: list[str], workers: int) -> tuple[dict, dict]:
     start = last = time.perf_counter()
     with torch.no_grad():
         for x, batch_paths in loader:
-            probs = torch.sigmoid(model(x)).numpy()
+            probs = torch_probabilities(model(x), model.card)
             scores.update(zip(batch_paths, probs))
             now = time.perf_counter()
             times.append(now - last)

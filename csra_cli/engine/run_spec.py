@@ -33,8 +33,11 @@ class RunSpec:
         """From a command's options: the model ones (``ModelSpec``'s fields) make its one model,
         the rest are this value's own; options a command does not take keep their defaults."""
         model_fields = {f.name for f in fields(ModelSpec)}
-        model = ModelSpec(**{k: options.pop(k) for k in list(options) if k in model_fields})
-        return cls(models=(model,), **options)
+        given = {k: options.pop(k) for k in list(options) if k in model_fields}
+        sources = given.pop("source", None)
+        if not isinstance(sources, list):  # one --model (or none)
+            return cls(models=(ModelSpec(source=sources, **given),), **options)
+        return cls(models=tuple(ModelSpec(source=s, **given) for s in sources or [None]), **options)
 
     @property
     def model(self) -> ModelSpec:

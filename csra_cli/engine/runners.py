@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..cpu import cpu_cores
-from ..models.card import ModelCard, ModelFiles, model_files
+from ..models.card import ModelCard, ModelFiles, model_files, probabilities
 from ..models.spec import ModelSpec
+from ..data.loader import Done
 from ..data.preprocess import Preprocess
 from .device import autocast_dtype, pick_device, runs_on_cpu
 from .ort_session import cpu_session
@@ -57,7 +58,9 @@ class TorchRunner:
                    else contextlib.nullcontext())
             with ctx:
                 logits = self.model(x)
-            return torch.sigmoid(logits.float()).cpu().numpy()
+            from ..models.csra import torch_probabilities
+
+            return torch_probabilities(logits, self.card)
 
 
 class OnnxRunner:
@@ -103,20 +106,22 @@ class OnnxRunner:
         if self.lanes > 1 and len(batch) > self.cpu_chunk and not self.on_gpu:
             return self.submit(batch).result()
         step = len(batch) if self.on_gpu else self.cpu_chunk
-        return _probabilities([self._run(batch[i:i + step]) for i in range(0, len(batch), step)])
+        return probabilities(np.concatenate([self._run(batch[i:i + step]) for i in range(0, len(batch), step)]),
+                             self.card.activation)
 
     def submit(self, batch) -> "_LaneResult":
         """Queue a batch on the lanes (one image each) and return at once; ``.result()`` gives its
         probabilities. Work queued before the previous batch ends keeps every lane busy."""
         batch = np.asarray(batch)
         if self.on_gpu or self.lanes <= 1:
-            return _LaneResult([_Ready(self(batch))], done=True)
+            return _LaneResult([Done(self(batch))], done=True)
         if self._pool is None:  # onnxruntime lets the GIL go while it runs
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="csra-lane")
         step = self.cpu_chunk
-        return _LaneResult([self._pool.submit(self._run, batch[i:i + step]) for i in range(0, len(batch), step)])
+        return _LaneResult([self._pool.submit(self._run, batch[i:i + step]) for i in range(0, len(batch), step)],
+                           self.card.activation)
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         # made float here, in its lane: in parallel, and while the image is still in the cache
@@ -125,29 +130,16 @@ class OnnxRunner:
         return self.session.run(None, {self.input.name: x.astype(np.float16) if self.fp16 else x})[0]
 
 
-def _probabilities(logits: list[np.ndarray]) -> np.ndarray:
-    x = np.concatenate(logits).astype(np.float32)
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-class _Ready:
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-
 class _LaneResult:
     """A batch queued on the lanes: its chunks' futures, joined into probabilities."""
 
-    def __init__(self, futures: list, done: bool = False):
-        self.futures, self.done = futures, done
+    def __init__(self, futures: list, activation: str = "sigmoid", done: bool = False):
+        self.futures, self.activation, self.done = futures, activation, done
 
     def result(self) -> np.ndarray:
         if self.done:
             return self.futures[0].result()
-        return _probabilities([f.result() for f in self.futures])
+        return probabilities(np.concatenate([f.result() for f in self.futures]), self.activation)
 
 
 def precision_of(runner) -> str:
@@ -206,8 +198,12 @@ def export_key(weights: Path, card: ModelCard, precision: str = "fp32") -> str:
 
 
 def _graph_fields(card: ModelCard) -> str:
-    """The card fields that shape the exported graph, and the opset."""
-    return repr((card.arch, card.num_heads, card.lam, card.input_size, sorted(card.arch_kwargs.items()), ONNX_OPSET))
+    """The card fields that shape the exported graph, and the opset (the head's style and
+    temperatures only where they are not the paper's defaults, so earlier keys stay valid)."""
+    fields = (card.arch, card.num_heads, card.lam, card.input_size, sorted(card.arch_kwargs.items()), ONNX_OPSET)
+    if card.head_style != "csra" or card.temperatures is not None:
+        fields += (card.head_style, card.temperatures)
+    return repr(fields)
 
 
 def cache_path(weights: Path, card: ModelCard, precision: str = "fp32", key: str | None = None) -> Path:

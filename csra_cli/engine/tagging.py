@@ -47,6 +47,10 @@ class TagPolicy:
     allowed: np.ndarray | None = None
     all_scores: bool = False
     names: list[str] | None = None
+    # tag name -> its broader terms, broadest first (the card's, for models that have them), and
+    # which of fine tags and broader terms an image's tags hold: fine, broad or both
+    broader: dict[str, list[str]] | None = None
+    keywords: str = "both"
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,25 @@ def policy_for(card, selection) -> TagPolicy:
     left_out = class_subset(selection.exclude, names, "--exclude", shown)  # by class or tag name
     if left_out is not None:
         allowed = ~left_out if allowed is None else allowed & ~left_out
-    return TagPolicy(per_class, selection.top_k, allowed, selection.scores, shown if shown != names else None)
+    keywords = getattr(selection, "keywords", "both")
+    if keywords not in KEYWORD_MODES:
+        raise CSRAError(f"--keywords {keywords!r}: use fine, broad or both")
+    broader = ({s: card.broader[c] for c, s in zip(names, shown) if card.broader.get(c)} if card.broader else None)
+    return TagPolicy(per_class, selection.top_k, allowed, selection.scores, shown if shown != names else None,
+                     broader, keywords)
+
+
+KEYWORD_MODES = ("fine", "broad", "both")
+
+
+def keyword_tags(fine: list[str], policy: TagPolicy) -> list[str]:
+    """An image's tags: its fine tags (best first) and/or their broader terms, each term once
+    (two dog breeds give "dog" once), in the order first met; fine tags first with both."""
+    if not policy.broader or policy.keywords == "fine":
+        return fine
+    broad = [b for t in fine for b in reversed(policy.broader.get(t, []))]  # the nearest term first
+    words = broad if policy.keywords == "broad" else fine + broad
+    return list(dict.fromkeys(words))
 
 
 def read_renames(spec: str | None, classes: list[str], shown: list[str]) -> dict[str, str]:
@@ -133,7 +155,8 @@ def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[
         return make_record(path, [], {}, error, file=file, **(stamp or {}))
     chosen = choose_tags(probs, policy)
     names = policy.names or classes  # tags (and their scores) by tag name; the full table by class
-    return make_record(path, [names[c] for c in chosen], {names[c]: round(float(probs[c]), 6) for c in chosen},
+    fine = [names[c] for c in chosen]
+    return make_record(path, keyword_tags(fine, policy), {names[c]: round(float(probs[c]), 6) for c in chosen},
                        "", {c: round(float(s), 6) for c, s in zip(classes, probs)} if policy.all_scores else None,
                        file=file, **(stamp or {}))
 
@@ -141,14 +164,21 @@ def image_record(path: str, probs: np.ndarray | None, error: str, classes: list[
 def record_stamp(runner, settings: dict | None = None) -> dict:
     """Which model tagged an image (``+int8`` for its int8 export, ``+tta`` with flip averaging),
     when (UTC), and with which ``settings`` (``run_settings``)."""
-    from .runners import precision_of
-
-    name = (runner.card.name + ("+int8" if precision_of(runner) == "int8" else "")
-            + ("+tta" if getattr(runner, "tta", False) else ""))
-    stamp = {"model": name, "tagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    stamp = {"model": model_name(runner), "tagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if settings is not None:
         stamp["settings"] = settings
     return stamp
+
+
+def model_name(runner) -> str:
+    """A runner's model as records name it: the card's name, ``+int8`` for its int8 export,
+    ``+tta`` with flip averaging; several models (a ModelSet) joined by ``,``."""
+    from .runners import precision_of
+
+    if hasattr(runner, "runners"):
+        return ",".join(model_name(r) for r in runner.runners)
+    return (runner.card.name + ("+int8" if precision_of(runner) == "int8" else "")
+            + ("+tta" if getattr(runner, "tta", False) else ""))
 
 
 def run_settings(runner, weights: str | Path | None, policy: TagPolicy) -> dict:
@@ -162,13 +192,16 @@ def run_settings(runner, weights: str | Path | None, policy: TagPolicy) -> dict:
 
     card = runner.card
     try:
-        sha = weights_sha256(Path(weights)) if weights else card.sha256
+        sha = (weights_sha256(Path(weights)) if weights
+               else ",".join(r.card.sha256 for r in runner.runners) if hasattr(runner, "runners") else card.sha256)
     except OSError:
         sha = card.sha256
     t = policy.thresholds
     whole = {"thresholds": [round(float(x), 6) for x in t], "top_k": policy.top_k,
              "allowed": None if policy.allowed is None else [bool(a) for a in policy.allowed],
              "names": policy.names, "scores": policy.all_scores}
+    if policy.broader:  # only then: the digests of earlier outputs stay as they were
+        whole["keywords"] = policy.keywords
     digest = hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest()[:16]
     classes = None if policy.allowed is None else [c for c, a in zip(card.classes, policy.allowed) if a]
     return {"model": card.name, "model_sha256": sha or "", "precision": precision_of(runner),

@@ -38,6 +38,8 @@ def read_class_map(path: str | None) -> dict[str, str]:
         return {}
     if path in BUILTIN_CLASS_MAPS:
         return dict(BUILTIN_CLASS_MAPS[path])
+    if read_grouped_map(path) is not None:  # many-to-one: applied to the scores (combine_classes)
+        return {}
     p = Path(path)
     if not p.is_file():
         raise CSRAError(f"--class-map {path}: no such file")
@@ -45,6 +47,42 @@ def read_class_map(path: str | None) -> dict[str, str]:
         return {str(k): str(v) for k, v in json.loads(p.read_text()).items()}
     with open(p, newline="") as fh:
         return {r[0].strip(): r[1].strip() for r in csv.reader(fh) if len(r) >= 2 and not r[0].startswith("#")}
+
+
+def read_grouped_map(name: str | None) -> dict | None:
+    """A many-to-one class map ({"map": {dataset class: [model classes]}, ...}, such as the
+    shipped imagenet-to-voc and imagenet-to-coco, by name or file); None for a plain map."""
+    from ..models.registry import weights_dir
+
+    if not name:
+        return None
+    p = Path(name)
+    if not p.is_file() and p.suffix == "" and (weights_dir() / f"{name}.json").is_file():
+        p = weights_dir() / f"{name}.json"
+    if p.suffix.lower() != ".json" or not p.is_file():
+        return None
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as exc:
+        raise CSRAError(f"--class-map {name}: not JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("map"), dict):
+        return None
+    if not all(isinstance(v, list) and all(isinstance(c, str) for c in v) for v in data["map"].values()):
+        raise CSRAError(f"--class-map {name}: its map must give each dataset class a list of model classes")
+    return data
+
+
+def combine_classes(scores: np.ndarray, model_classes: list[str], grouped: dict) -> tuple[np.ndarray, list[str]]:
+    """Scores over the model's classes -> scores over the dataset classes a many-to-one map
+    names, each the sum (or the maximum, "combine": "max") of its model classes' scores."""
+    index = {c: i for i, c in enumerate(model_classes)}
+    reduce = np.max if grouped.get("combine") == "max" else np.sum
+    targets = [t for t, sources in grouped["map"].items() if any(c in index for c in sources)]
+    if not targets:
+        raise CSRAError("the class map names none of the model's classes")
+    out = np.stack([reduce(scores[:, [index[c] for c in grouped["map"][t] if c in index]], axis=1)
+                    for t in targets], axis=1)
+    return out, targets
 
 
 def match_classes(data: LabelledSet, model_classes: list[str], class_map: dict[str, str]

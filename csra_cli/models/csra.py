@@ -40,7 +40,9 @@ class CSRAModel(nn.Module):
                  card: ModelCard | None = None):
         super().__init__()
         self.backbone = backbone
-        self.classifier = MultiHeadCSRA(backbone.num_features, num_classes, num_heads, lam)
+        self.classifier = MultiHeadCSRA(backbone.num_features, num_classes, num_heads, lam,
+                                        card.temperatures if card else None,
+                                        normalized=card is None or card.head_style == "csra")
         self.card = card
         self._preprocess = Preprocess.from_card(card) if card else None
         self.register_state_dict_post_hook(_strip_backbone_prefix)
@@ -76,7 +78,14 @@ class CSRAModel(nn.Module):
         device = next(self.parameters()).device
         pre = self.transform
         batch = np.stack([pre.load(im) if isinstance(im, (str, Path)) else pre.resize(im) for im in images])
-        return torch.sigmoid(self(pre.normalize(batch).to(device)).float()).cpu().numpy()
+        return torch_probabilities(self(pre.normalize(batch).to(device)), self.card)
+
+
+def torch_probabilities(logits: torch.Tensor, card: ModelCard | None) -> np.ndarray:
+    """Logits -> scores as the card's model was trained (``card.probabilities``), as numpy."""
+    if card is not None and card.activation == "softmax":
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return torch.sigmoid(logits.float()).cpu().numpy()
 
 
 def create_model(arch: str, num_classes: int, num_heads: int = 1, lam: float = 0.1,

@@ -24,14 +24,20 @@ TEMPERATURES = {
 class CSRA(nn.Module):
     """One residual-attention head: logit = mean(s) + lam * sum(s * softmax(T s))."""
 
-    def __init__(self, in_channels: int, num_classes: int, temperature: float, lam: float):
+    def __init__(self, in_channels: int, num_classes: int, temperature: float, lam: float,
+                 normalized: bool = True):
         super().__init__()
         self.temperature = temperature
         self.lam = lam
-        self.head = nn.Conv2d(in_channels, num_classes, 1, bias=False)
+        self.normalized = normalized
+        # not normalised: a pretrained classifier's own rows and bias (the training-free setting)
+        self.head = nn.Conv2d(in_channels, num_classes, 1, bias=not normalized)
 
     def score_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Class score maps (B, C, H, W): the 1x1 conv divided by each class row's L2 norm."""
+        """Class score maps (B, C, H, W): the 1x1 conv divided by each class row's L2 norm (as
+        is, for a pretrained classifier's rows: its average is then the classifier's logit)."""
+        if not self.normalized:
+            return self.head(x)
         norm = self.head.weight.flatten(1).norm(dim=1)
         return self.head(x) / norm.view(1, -1, 1, 1)
 
@@ -48,14 +54,18 @@ class CSRA(nn.Module):
 class MultiHeadCSRA(nn.Module):
     """Sum of CSRA heads with the paper's temperature settings for 1, 2, 4, 6 or 8 heads."""
 
-    def __init__(self, in_channels: int, num_classes: int, num_heads: int = 1, lam: float = 0.1):
+    def __init__(self, in_channels: int, num_classes: int, num_heads: int = 1, lam: float = 0.1,
+                 temperatures: list[float] | None = None, normalized: bool = True):
         super().__init__()
-        if num_heads not in TEMPERATURES:
+        if temperatures is None and num_heads not in TEMPERATURES:
             raise ValueError(f"num_heads must be one of {sorted(TEMPERATURES)}, got {num_heads}")
+        temperatures = temperatures or TEMPERATURES[num_heads]
+        if len(temperatures) != num_heads:
+            raise ValueError(f"{num_heads} heads need {num_heads} temperatures, got {len(temperatures)}")
         self.num_heads = num_heads
         self.lam = lam
         self.multi_head = nn.ModuleList(
-            CSRA(in_channels, num_classes, t, lam) for t in TEMPERATURES[num_heads]
+            CSRA(in_channels, num_classes, t, lam, normalized) for t in temperatures
         )
 
     @property

@@ -55,7 +55,7 @@ def _csra_subjects(packet: bytes | None) -> set[str]:
     return {el.text or "" for box in root.iter(f"{{{NS['csra']}}}subjects") for el in box.iter(li)}
 
 
-def keyworded(data: bytes, tags: list[str]) -> bytes:
+def keyworded(data: bytes, tags: list[str], hierarchy: list[str] | None = None) -> bytes:
     """The file's bytes with ``tags`` merged into its keywords; NotEmbedded for a format csra
     does not write into, or a file libexiv2 cannot parse."""
     exiv2 = _exiv2()
@@ -71,7 +71,7 @@ def keyworded(data: bytes, tags: list[str]) -> bytes:
         packet = image.xmpPacket().encode("utf-8") or None
         earlier = _csra_subjects(packet)
         try:
-            merged = merge_xmp(packet, tags)
+            merged = merge_xmp(packet, tags, hierarchy)
         except Exception as exc:  # noqa: BLE001 - the file's own XMP is broken: leave the file alone
             raise NotEmbedded(f"its XMP cannot be read ({str(exc).splitlines()[0][:120]})") from None
         image.setXmpPacket(merged.decode("utf-8"))
@@ -108,7 +108,7 @@ def _merge_iptc(exiv2, iptc, tags: list[str], earlier: set[str]) -> None:
         iptc["Iptc.Envelope.CharacterSet"] = "\x1b%G"  # UTF-8
 
 
-def embed_keywords(path: str, tags: list[str], keep_mtime: bool = False) -> dict:
+def embed_keywords(path: str, tags: list[str], keep_mtime: bool = False, hierarchy: list[str] | None = None) -> dict:
     """Write ``tags`` into the image file at ``path`` (a symlink: into its target); return the
     file's new fingerprint. NotEmbedded (the file untouched) where it cannot be done safely."""
     target = Path(os.path.realpath(path))
@@ -122,7 +122,7 @@ def embed_keywords(path: str, tags: list[str], keep_mtime: bool = False) -> dict
     if hasattr(os, "geteuid") and st.st_uid != os.geteuid() and os.geteuid() != 0:
         raise NotEmbedded("belongs to another user; left as it was")
     data = target.read_bytes()
-    new = keyworded(data, tags)
+    new = keyworded(data, tags, hierarchy)
     if new != data:
         check_image_data_kept(data, new)
         _replace(target, new, st, keep_mtime)

@@ -134,15 +134,16 @@ class SidecarWriter:
         self._written: dict[Path, dict[str, str]] = {}  # folder -> name -> sha256 csra wrote
         self._this_run: dict[Path, str] = {}  # caption -> the image it was written for
 
-    def write(self, image: str, tags: list[str]) -> list[str]:
-        """Write every sidecar of one image; the problems, one line each (never raises)."""
+    def write(self, image: str, tags: list[str], hierarchy: list[str] | None = None) -> list[str]:
+        """Write every sidecar of one image (``hierarchy``: its XMP keyword paths, see
+        keyword_hierarchy); the problems, one line each (never raises)."""
         problems = []
         for kind in self.kinds:
             try:
                 if kind == "txt":
                     self.write_txt(image, tags)
                 else:
-                    write_xmp(image, tags, self.xmp_naming)
+                    write_xmp(image, tags, self.xmp_naming, hierarchy)
             except (OSError, ValueError) as exc:
                 problems.append(f"{kind} sidecar not written ({exc})")
         return problems
@@ -239,11 +240,24 @@ def _items(box: ET.Element) -> list[ET.Element]:
     return box.findall(_q("rdf", "li"))
 
 
-def merge_xmp(existing: bytes | None, tags: list[str]) -> bytes:
-    """Put the tags in dc:subject and lr:hierarchicalSubject (CSRA|tag): the user's keywords and
-    everything else stay, csra's earlier keywords (its hierarchy entries, and the dc:subject
-    entries its csra:subjects lists) are replaced. An XMP of an older csra lists none: its plain
-    keywords are all kept, since csra cannot tell them from the user's."""
+def keyword_hierarchy(fine: list[str], broader: dict[str, list[str]] | None) -> list[str] | None:
+    """lr:hierarchicalSubject entries of an image's fine tags, broadest first, "|"-separated
+    ("animal|dog|golden retriever"); None where the model has no broader terms (then CSRA|tag)."""
+    if not broader:
+        return None
+    return ["|".join([*broader.get(t, []), t]) if broader.get(t) else f"{HIERARCHY_ROOT}|{t}" for t in fine]
+
+
+def _has_container(descs: list[ET.Element], prop: str) -> bool:
+    return any(desc.find(prop) is not None for desc in descs)
+
+
+def merge_xmp(existing: bytes | None, tags: list[str], hierarchy: list[str] | None = None) -> bytes:
+    """Put the tags in dc:subject and lr:hierarchicalSubject (``hierarchy``, else CSRA|tag): the
+    user's keywords and everything else stay, csra's earlier keywords (its CSRA|... entries, the
+    hierarchy entries its csra:hierarchy lists, and the dc:subject entries its csra:subjects
+    lists) are replaced. An XMP of an older csra lists none: its plain keywords are all kept,
+    since csra cannot tell them from the user's."""
     if existing and existing.strip():
         root = _parse(existing)
         if root.tag == _q("rdf", "RDF"):  # a bare RDF document: wrap it the standard way
@@ -262,15 +276,21 @@ def merge_xmp(existing: bytes | None, tags: list[str]) -> bytes:
     subject = _container(descs, _q("dc", "subject"))
     added = _container(descs, _q("csra", "subjects"))
     prefix = HIERARCHY_ROOT + "|"
+    paths = [prefix + t for t in tags] if hierarchy is None else list(hierarchy)
+    # csra's own hierarchy entries outside CSRA|: listed, so that a later run replaces them
+    listed = (_container(descs, _q("csra", "hierarchy"))
+              if _has_container(descs, _q("csra", "hierarchy")) or any(not h.startswith(prefix) for h in paths) else None)
     ours = {li.text or "" for li in _items(added)}
-    for box, is_csra in ((hier, lambda t: t.startswith(prefix)), (subject, lambda t: t in ours),
-                         (added, lambda t: True)):
+    ours_h = {li.text or "" for li in _items(listed)} if listed is not None else set()
+    boxes = [(hier, lambda t: t.startswith(prefix) or t in ours_h), (subject, lambda t: t in ours), (added, lambda t: True)]
+    for box, is_csra in boxes + ([(listed, lambda t: True)] if listed is not None else []):
         for li in _items(box):
             if is_csra(li.text or ""):
                 box.remove(li)
     users = {li.text or "" for li in _items(subject)}
-    for box, values in ((subject, tags), (hier, [prefix + t for t in tags]),
-                        (added, [t for t in tags if t not in users])):
+    users_h = {li.text or "" for li in _items(hier)}
+    extra = [(listed, [h for h in paths if not h.startswith(prefix) and h not in users_h])] if listed is not None else []
+    for box, values in [(subject, tags), (hier, paths), (added, [t for t in tags if t not in users])] + extra:
         have = {li.text or "" for li in _items(box)}
         for v in values:
             if v not in have:
@@ -282,13 +302,13 @@ def merge_xmp(existing: bytes | None, tags: list[str]) -> bytes:
             '\n<?xpacket end="w"?>\n').encode("utf-8")
 
 
-def write_xmp(image: str, tags: list[str], naming: str = "full") -> Path:
+def write_xmp(image: str, tags: list[str], naming: str = "full", hierarchy: list[str] | None = None) -> Path:
     path = xmp_sidecar_path(image, naming)
     existing = path.read_bytes() if path.exists() else None
     if existing is not None and looks_like_image(str(path)):
         raise ValueError(f"{path} is an image; a sidecar never replaces one")
     try:
-        data = merge_xmp(existing, tags)
+        data = merge_xmp(existing, tags, hierarchy)
     except ET.ParseError as exc:
         raise ValueError(f"{path}: existing XMP is not valid XML ({exc}); left untouched") from exc
     except ValueError as exc:
