@@ -212,3 +212,16 @@ def test_a_one_image_tag_imports_only_what_it_uses(tmp_path, tiny_model_path):
     unwanted = {"torch", "rich", "rich.console", "urllib.request", "csra_cli.cli.train", "csra_cli.cli.eval",
                 "csra_cli.cli.bench", "csra_cli.cli.models", "multiprocessing.pool"}
     assert not loaded & unwanted, sorted(loaded & unwanted)
+
+
+def test_flip_tta_keeps_its_mirror_when_the_lanes_take_work_ahead(tiny_model_path):
+    """scored_batches queues work with runner.submit: TTA's own submit must average in the mirror."""
+    from csra_cli.engine.runners import FlipAveraged, cached_onnx, cpu_runner
+    from csra_cli.models.loading import load_model
+
+    path = cached_onnx(load_model(str(tiny_model_path)), tiny_model_path)
+    runner = FlipAveraged(cpu_runner(path, None))
+    batch = np.random.default_rng(3).integers(0, 255, (4, 3, 64, 64), dtype=np.uint8)
+    plain = runner.runner(batch)
+    np.testing.assert_allclose(runner.submit(batch).result(), runner(batch), atol=1e-6)
+    assert not np.allclose(runner.submit(batch).result(), plain)  # the mirror counted

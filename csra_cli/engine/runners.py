@@ -166,8 +166,27 @@ class FlipAveraged:
         return getattr(self.runner, name)
 
     def __call__(self, batch) -> np.ndarray:
-        mirrored = batch.flip(-1) if hasattr(batch, "flip") else np.ascontiguousarray(np.asarray(batch)[..., ::-1])
-        return (self.runner(batch) + self.runner(mirrored)) / 2
+        return (self.runner(batch) + self.runner(_mirrored(batch))) / 2
+
+    def submit(self, batch) -> "_Averaged":
+        """Queue the batch and its mirror image on the wrapped runner's lanes (where it has them;
+        else score both now): without this, the wrapped runner's own submit would skip the mirror."""
+        inner = getattr(self.runner, "submit", None)
+        if inner is None:
+            return Done(self(batch))
+        return _Averaged(inner(batch), inner(_mirrored(batch)))
+
+
+def _mirrored(batch):
+    return batch.flip(-1) if hasattr(batch, "flip") else np.ascontiguousarray(np.asarray(batch)[..., ::-1])
+
+
+class _Averaged:
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def result(self) -> np.ndarray:
+        return (self.a.result() + self.b.result()) / 2
 
 
 # ----------------------------------------------------------------------------- the export cache
