@@ -116,6 +116,8 @@ def test_keyword_modes_and_their_hierarchy():
     assert keyword_hierarchy(fine, broader) == ["animal|mammal|dog|beagle", "animal|mammal|dog|pug",
                                                 "animal|cat|tabby", "CSRA|car"]
     assert keyword_hierarchy(fine, None) is None
+    # broad: the keyword tree must not assign the fine name either
+    assert keyword_hierarchy(fine, broader, "broad") == ["animal|mammal|dog", "animal|cat"]
 
 
 def test_xmp_keyword_paths_are_replaced_on_a_new_run_and_the_users_are_kept():

@@ -225,3 +225,33 @@ def test_flip_tta_keeps_its_mirror_when_the_lanes_take_work_ahead(tiny_model_pat
     plain = runner.runner(batch)
     np.testing.assert_allclose(runner.submit(batch).result(), runner(batch), atol=1e-6)
     assert not np.allclose(runner.submit(batch).result(), plain)  # the mirror counted
+
+
+def test_a_short_batch_is_handed_on_without_waiting_for_the_next(tmp_path):
+    """A slow source (paths piped in one by one) sends short batches: each is scored and handed
+    on before the next is asked for, so its records are written at once."""
+    import threading
+
+    from csra_cli.data.loader import Decoded, scored_batches
+
+    class Card:
+        classes = ["a"]
+
+    class Runner:
+        card = Card()
+
+        def __call__(self, images):
+            return np.ones((len(images), 1), dtype=np.float32)
+
+    gate = threading.Event()
+    handed = []
+
+    def source():
+        yield Decoded([0], ["p0"], np.zeros((1, 3, 2, 2), np.uint8), [""], None)
+        assert gate.wait(600), "the first batch was not handed on before the second was asked for"
+        yield Decoded([1], ["p1"], np.zeros((1, 3, 2, 2), np.uint8), [""], None)
+
+    for decoded, _ in scored_batches(Runner(), source(), batch_size=16):
+        handed.append(decoded.paths[0])
+        gate.set()
+    assert handed == ["p0", "p1"]

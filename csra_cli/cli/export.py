@@ -158,6 +158,11 @@ def export_int8(model: ModelSpec, out: Path | None, int8, check, overwrite: bool
     fp32 = cached_onnx(m, weights)
     key = export_key(weights, m.card, "int8")  # once: it reads the weights' sha256 memo
     cached = cache_path(weights, m.card, "int8", key)
+    from ..engine.runners import int8_check_path
+
+    int8_check_path(cached).unlink(missing_ok=True)  # a check of an earlier calibration no longer holds
+    if dataset is not None:
+        labelled_classes(dataset, m.card)  # before the calibration's minutes
     info(f"int8: calibrating on {len(images)} images …")
     # a list file by its name: the machine's folders say nothing about the calibration set
     source = Path(calibrate_on).name if Path(calibrate_on).is_file() else str(calibrate_on)
@@ -173,11 +178,10 @@ def export_int8(model: ModelSpec, out: Path | None, int8, check, overwrite: bool
             Path(tmp).unlink(missing_ok=True)
     info(f"onnx int8: wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB), calibrated on {record['images']} images "
          f"({record['method']}); cached for --precision int8")
-    from ..engine.runners import int8_check_path, int8_passes
+    from ..engine.runners import int8_passes
     from ..fileio import atomic_write_bytes
 
     result = check_int8(Path(fp32), cached, m.card, dataset) if dataset is not None else None
-    int8_check_path(cached).unlink(missing_ok=True)  # a check of an earlier calibration no longer holds
     if result is None:
         info("not checked on labelled data (no --dataset): --precision auto keeps fp32 for this model")
         return
@@ -195,11 +199,9 @@ def check_int8(fp32: Path, int8: Path, card, dataset) -> dict:
     from ..cpu import default_workers
     from ..engine.runners import cpu_runner
     from ..evaluation.metrics import evaluate
-    from ..evaluation.scoring import match_classes, score_images
+    from ..evaluation.scoring import score_images
 
-    data_cols, model_cols, _, _ = match_classes(dataset, card.classes, {})
-    if not data_cols:
-        raise CSRAError(f"{dataset.name}: none of its classes is a class of {card.name}; nothing to check on")
+    data_cols, model_cols = labelled_classes(dataset, card)
     maps = {}
     for precision, path in (("fp32", fp32), ("int8", int8)):
         info(f"int8 check: scoring {len(dataset)} images in {precision} …")
@@ -210,3 +212,11 @@ def check_int8(fp32: Path, int8: Path, card, dataset) -> dict:
     return {"dataset": dataset.name, "images": len(dataset), "fp32_mAP": round(float(maps["fp32"]), 2),
             "int8_mAP": round(float(maps["int8"]), 2), "max_drop": 0.3,
             "measured_with": "csra export --onnx --int8 --dataset ..."}
+
+
+def labelled_classes(dataset, card) -> tuple[list[int], list[int]]:
+    """The (dataset, model) columns of the classes both share; an error where none is shared."""
+    from ..evaluation.scoring import match_classes
+
+    data_cols, model_cols, _, _ = match_classes(dataset, card.classes, {})
+    return data_cols, model_cols

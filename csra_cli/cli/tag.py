@@ -267,7 +267,7 @@ def _tag(inputs, output, run: RunSpec, selection, sidecars, quiet: bool, dry_run
             streamed.append(rec)
         if rec["error"]:
             return
-        hierarchy = keyword_hierarchy(list(rec["scores"]), policy.broader)  # the fine tags' paths
+        hierarchy = keyword_hierarchy(list(rec["scores"]), policy.broader, policy.keywords)  # the fine tags' paths
         for problem in writer.write(rec["path"], rec["tags"], hierarchy):
             warn(f"{rec['path']}: {problem}")
         if embedder:

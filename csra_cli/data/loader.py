@@ -199,6 +199,12 @@ class DecodePool:
         return self._local.submit(decode_batch, self.pre, paths, self.fingerprints)
 
     def _start_workers(self) -> None:
+        try:
+            self._start_pool()
+        except Exception:  # noqa: BLE001 - no worker could start: batches keep decoding on the thread
+            pass
+
+    def _start_pool(self) -> None:
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = _pool_context()
@@ -209,10 +215,7 @@ class DecodePool:
             # forkserver and the workers inherit the mask, so a Ctrl-C that reaches them while
             # Python starts up in them, before they ignore it, cannot kill one mid-import.
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:  # processes spawn at the first task: wait until one has run
-            self._pool.submit(int).result()
-        except Exception:  # no worker could start: batches keep decoding on the thread
-            return
+        self._pool.submit(int).result()  # processes spawn at the first task: wait until one has run
         self._ready.set()
 
     def close(self) -> None:
@@ -342,13 +345,14 @@ def _readable_images(decoded: Decoded) -> np.ndarray | None:
     return decoded.images if len(good) == len(decoded.errors) else decoded.images[good]
 
 
-def scored_batches(runner, batches: Iterable[Decoded], ahead: int = 2) -> Iterator[tuple[Decoded, np.ndarray]]:
+def scored_batches(runner, batches: Iterable[Decoded], ahead: int = 2,
+                   batch_size: int | None = None) -> Iterator[tuple[Decoded, np.ndarray]]:
     """(batch, probabilities of its readable images) in order, with the model ``ahead`` batches
     in front of the caller: while the caller writes batch k's records, sidecars and output, the
     model already runs batch k + 1, and a runner that takes work ahead (``runner.submit``: the
     CPU lanes) has it queued before batch k ends, so a lane that finishes first starts the next
     image instead of waiting for the other at the batch's end. onnxruntime and PyTorch let the GIL
-    go while they compute."""
+    go while they compute. ``batch_size``: a shorter batch (a slow source) is handed on at once."""
     import collections
     from concurrent.futures import ThreadPoolExecutor
 
@@ -364,7 +368,10 @@ def scored_batches(runner, batches: Iterable[Decoded], ahead: int = 2) -> Iterat
         queued: collections.deque = collections.deque()
         for decoded in batches:
             queued.append((decoded, start(decoded)))
-            if len(queued) >= ahead:
+            # a short batch: the source is slow (paths typed or piped in one by one) or ending;
+            # hand everything on now rather than after the next path comes
+            short = batch_size is not None and len(decoded.paths) < batch_size
+            while len(queued) >= (1 if short else ahead):
                 done, future = queued.popleft()
                 yield done, future.result()
         while queued:

@@ -102,8 +102,8 @@ class Preprocess:
         on the batch's device."""
         import torch
 
-        if isinstance(batch, np.ndarray):
-            batch = torch.from_numpy(batch)
+        if isinstance(batch, np.ndarray):  # a resized image is a read-only view of Pillow's buffer
+            batch = torch.from_numpy(batch if batch.flags.writeable else np.array(batch))
         x = batch.float().div_(255.0)
         if self.mean is not None:
             x = x.sub_(torch.from_numpy(self.mean).to(x.device)).div_(torch.from_numpy(self.std).to(x.device))

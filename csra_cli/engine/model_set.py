@@ -3,9 +3,10 @@ decoded once, resized once for each model's input size, and every model scores i
 
 The set presents itself to the rest of csra as one model whose classes are the models' classes
 in turn, so records, sidecars, SQLite and the report hold every model's tags with no change of
-their own: a record's tags are the first model's, then the next one's (each term once), its
-scores are keyed by class name, and a class name a later model shares with an earlier one is
-written ``MODEL:class`` (MODEL: the later model's card name). The record's model field names
+their own: a record's tags are every model's that pass their own model's thresholds, best first
+by score (``--top-k`` counts them all together: a softmax model's scores are far below a sigmoid
+model's), its scores are keyed by class name, and a class name a later model shares with an
+earlier one is written ``MODEL:class`` (MODEL: the later model's card name). The record's model field names
 them all, joined by ``,`` (``csra-voc-effl2-512+int8,csra-imagenet-effl2``)."""
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from ..models.card import ModelCard
 def merged_card(cards: list[ModelCard]) -> ModelCard:
     """One card over several models' classes (per class: its model's threshold and broader terms)."""
     classes, thresholds, broader, shown = [], {}, {}, {}
-    for card in cards:
+    taken: set[str] = set()
+    for k, card in enumerate(cards):
         own = dict(zip(card.classes, card.class_thresholds()))
         names = dict(zip(card.classes, card.tag_names()))
         for c in card.classes:
-            name = c if c not in classes else f"{card.name}:{c}"
+            name = c if c not in taken else f"{card.name}:{c}"
+            if name in taken:  # the same model twice
+                name = f"{card.name}#{k + 1}:{c}"
+            taken.add(name)
             classes.append(name)
             thresholds[name] = own[c]
             if names[c] != c:

@@ -75,6 +75,9 @@ def _save_optimized(source: str, saved: Path, opts, providers: list[str]):
         plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if _same_outputs(session, ort.InferenceSession(tmp, plain, providers=providers)):
             os.replace(tmp, saved)
+            for old in saved.parent.glob(f"{Path(source).stem}-*.onnx"):  # earlier copies of this file
+                if old != saved and old.name.count("-") == saved.name.count("-"):
+                    old.unlink(missing_ok=True)
         return session
     except Exception:  # the source itself fails: let it fail as it would without the cache
         return ort.InferenceSession(source, opts, providers=providers)

@@ -316,7 +316,7 @@ def cpu_runner(path, card: ModelCard | None) -> OnnxRunner:
     return OnnxRunner(str(path), "cpu", threads=cores // lanes, card=card, lanes=lanes)
 
 
-def precision_runner(files: ModelFiles, card: ModelCard, precision: str) -> OnnxRunner | None:
+def precision_runner(files: ModelFiles, card: ModelCard, precision: str, quiet: bool = False) -> OnnxRunner | None:
     """The export of a model in ``precision`` (fp32 or int8) as a CPU runner: the cached one
     (an int8 one is the user's own calibration), else for int8 the one shipped beside its card
     if it was made from these weights, with these graph settings, by the current recipe; None
@@ -341,7 +341,7 @@ def precision_runner(files: ModelFiles, card: ModelCard, precision: str) -> Onnx
                    "settings or int8 recipe)")
     except Exception as exc:  # a damaged file only costs the shipped int8
         problem = f"cannot be loaded ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
-    if not any(r[0] == seen[0] for r in _refused):
+    if not quiet and not any(r[0] == seen[0] for r in _refused):  # quiet: auto's try, fp32 follows
         from ..console import warn
 
         warn(f"{shipped.name} {problem}; not used")
@@ -370,7 +370,7 @@ def fast_runner(model: ModelSpec, precision: str = "auto") -> OnnxRunner | None:
     files, card = found
     wanted = auto_precision(files, card) if precision == "auto" else precision
     for p in dict.fromkeys([wanted] + (["fp32"] if precision == "auto" else [])):
-        runner = precision_runner(files, card, p)
+        runner = precision_runner(files, card, p, quiet=precision == "auto")
         if runner is not None:
             return runner
     return None

@@ -245,7 +245,7 @@ def run_tagging(runner, paths: Iterable[str], sinks: list, policy: TagPolicy, ru
     # one pool for the whole run; the fingerprints are read there, beside the decoding
     with DecodePool(runner.pre, run.resolved_workers, fingerprints=settings is not None) as pool:
         batches = stream_batches(pending(paths, hooks.skip, stats), runner.pre, run.batch_size, pool=pool, stats=waits)
-        for decoded, probs in scored_batches(runner, batches):
+        for decoded, probs in scored_batches(runner, batches, batch_size=run.batch_size):
             _emit(runner, decoded, probs, stats, sinks, policy, hooks.on_record, settings)
             if hooks.progress:
                 hooks.progress(len(decoded.paths))

@@ -240,12 +240,22 @@ def _items(box: ET.Element) -> list[ET.Element]:
     return box.findall(_q("rdf", "li"))
 
 
-def keyword_hierarchy(fine: list[str], broader: dict[str, list[str]] | None) -> list[str] | None:
+def keyword_hierarchy(fine: list[str], broader: dict[str, list[str]] | None, keywords: str = "both"
+                      ) -> list[str] | None:
     """lr:hierarchicalSubject entries of an image's fine tags, broadest first, "|"-separated
-    ("animal|dog|golden retriever"); None where the model has no broader terms (then CSRA|tag)."""
+    ("animal|dog|golden retriever"; with --keywords broad without the fine name, which a keyword
+    tree would assign too: "animal|dog"), each once; None where the model has no broader terms
+    (then CSRA|tag)."""
     if not broader:
         return None
-    return ["|".join([*broader.get(t, []), t]) if broader.get(t) else f"{HIERARCHY_ROOT}|{t}" for t in fine]
+    paths = []
+    for t in fine:
+        up = broader.get(t, [])
+        if keywords == "broad":
+            paths.append("|".join(up) if up else "")
+        else:
+            paths.append("|".join([*up, t]) if up else f"{HIERARCHY_ROOT}|{t}")
+    return list(dict.fromkeys(p for p in paths if p))
 
 
 def _has_container(descs: list[ET.Element], prop: str) -> bool:

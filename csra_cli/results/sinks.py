@@ -339,10 +339,12 @@ def _read_output(path: Path, fmt: str) -> Iterator[dict]:
     for it in items:
         if not isinstance(it, dict) or not isinstance(it.get("scores"), dict) or not isinstance(it.get("tags"), list):
             raise TypeError("a record is not {path, tags, scores, error}")
-        yield make_record(path_from(it["path"], it.get("path_bytes")), it["tags"],
-                          {t: it["scores"].get(t) for t in it["tags"]},
-                          it.get("error") or "", it["scores"] if len(it["scores"]) > len(it["tags"]) else None,
-                          file=it.get("file"), settings=it.get("settings"))
+        full = len(it["scores"]) > len(it["tags"])  # --scores: every class's
+        # not the full table: the scores as written (broader terms have none; --keywords broad
+        # keeps the classes' scores without their names among the tags)
+        chosen = {t: it["scores"][t] for t in it["tags"] if t in it["scores"]} if full else dict(it["scores"])
+        yield make_record(path_from(it["path"], it.get("path_bytes")), it["tags"], chosen, it.get("error") or "",
+                          it["scores"] if full else None, file=it.get("file"), settings=it.get("settings"))
 
 
 def index_path(out: Path) -> Path:
