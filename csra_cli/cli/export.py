@@ -141,9 +141,9 @@ def export_int8(model: ModelSpec, out: Path | None, int8, check, overwrite: bool
     import os
     import shutil
 
-    from ..fileio import atomic_temp
+    from ..fileio import atomic_temp, atomic_write_bytes
     from ..engine.quantize import quantize_int8
-    from ..engine.runners import cache_path, cached_onnx, export_key
+    from ..engine.runners import INT8_MAX_DROP, cache_path, cached_onnx, export_key, int8_check_path, int8_passes
     from ..models.card import model_files
     from ..models.loading import resolve_spec
 
@@ -158,8 +158,6 @@ def export_int8(model: ModelSpec, out: Path | None, int8, check, overwrite: bool
     fp32 = cached_onnx(m, weights)
     key = export_key(weights, m.card, "int8")  # once: it reads the weights' sha256 memo
     cached = cache_path(weights, m.card, "int8", key)
-    from ..engine.runners import int8_check_path
-
     int8_check_path(cached).unlink(missing_ok=True)  # a check of an earlier calibration no longer holds
     if dataset is not None:
         labelled_classes(dataset, m.card)  # before the calibration's minutes
@@ -178,16 +176,13 @@ def export_int8(model: ModelSpec, out: Path | None, int8, check, overwrite: bool
             Path(tmp).unlink(missing_ok=True)
     info(f"onnx int8: wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB), calibrated on {record['images']} images "
          f"({record['method']}); cached for --precision int8")
-    from ..engine.runners import int8_passes
-    from ..fileio import atomic_write_bytes
-
     result = check_int8(Path(fp32), cached, m.card, dataset) if dataset is not None else None
     if result is None:
         info("not checked on labelled data (no --dataset): --precision auto keeps fp32 for this model")
         return
     atomic_write_bytes(int8_check_path(cached), (json.dumps(result, indent=2) + "\n").encode())
     verdict = ("--precision auto now runs int8 on the CPU" if int8_passes(result)
-               else "more than 0.3 points: --precision auto keeps fp32")
+               else f"more than {INT8_MAX_DROP} points: --precision auto keeps fp32")
     info(f"int8 check on {result['dataset']} ({result['images']} images): mAP fp32 {result['fp32_mAP']:.2f}, "
          f"int8 {result['int8_mAP']:.2f} ({result['int8_mAP'] - result['fp32_mAP']:+.2f}); {verdict}")
 
@@ -197,7 +192,7 @@ def check_int8(fp32: Path, int8: Path, card, dataset) -> dict:
     import numpy as np
 
     from ..cpu import default_workers
-    from ..engine.runners import cpu_runner
+    from ..engine.runners import INT8_MAX_DROP, cpu_runner
     from ..evaluation.metrics import evaluate
     from ..evaluation.scoring import score_images
 
@@ -210,7 +205,7 @@ def check_int8(fp32: Path, int8: Path, card, dataset) -> dict:
         readable = ~np.isnan(sc).any(axis=1)
         maps[precision] = evaluate(sc[readable], lab[readable], [card.classes[c] for c in model_cols])["mAP"]
     return {"dataset": dataset.name, "images": len(dataset), "fp32_mAP": round(float(maps["fp32"]), 2),
-            "int8_mAP": round(float(maps["int8"]), 2), "max_drop": 0.3,
+            "int8_mAP": round(float(maps["int8"]), 2), "max_drop": INT8_MAX_DROP,
             "measured_with": "csra export --onnx --int8 --dataset ..."}
 
 

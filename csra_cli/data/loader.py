@@ -1,6 +1,7 @@
 """Streaming image loading shared by tag, eval and bench: one pool of decode workers (threads,
 or processes) for the whole run decodes and resizes while the model runs; a file that fails
-becomes an error record, never an exception. No torch here: the DataLoader adapter at the end is for training only."""
+becomes an error record, never an exception. No torch here: the DataLoader adapter at the end
+is for training only."""
 from __future__ import annotations
 
 import collections
@@ -14,7 +15,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .preprocess import MultiPreprocess, Preprocess
+from .preprocess import Preprocess
 
 
 def describe_error(exc: BaseException) -> str:
@@ -38,8 +39,7 @@ def describe_error(exc: BaseException) -> str:
 def load_one(preprocess: Preprocess, path: str, flip: bool = False) -> tuple[np.ndarray, str]:
     """(uint8 (3, S, S) array, "") or (a blank array, the reason the file could not be used);
     for several models' preprocessing (MultiPreprocess), one such array per input size."""
-    blank = (preprocess.blank() if isinstance(preprocess, MultiPreprocess)
-             else np.zeros((3, preprocess.size, preprocess.size), dtype=np.uint8))
+    blank = preprocess.blank()
     try:
         problem = file_problem(path)
         if problem:
@@ -84,17 +84,10 @@ def decode_batch(preprocess: Preprocess, paths: list[str], fingerprints: bool = 
     from .fingerprint import fingerprint
 
     prints = [fingerprint(p) for p in paths] if fingerprints else None
-    multi = isinstance(preprocess, MultiPreprocess)
-    batch = (preprocess.empty_batch(len(paths)) if multi
-             else np.empty((len(paths), 3, preprocess.size, preprocess.size), dtype=np.uint8))
+    batch = preprocess.empty_batch(len(paths))  # an array, or a SizedBatch for several models
     errors = []
     for i, p in enumerate(paths):
-        image, error = load_one(preprocess, p)
-        if multi:
-            for size, arr in image.items():
-                batch.by_size[size][i] = arr
-        else:
-            batch[i] = image
+        batch[i], error = load_one(preprocess, p)
         errors.append(error)
     return batch, errors, prints
 
@@ -155,8 +148,9 @@ def _pool_context():
 def decode_mode() -> str:
     """Where decode workers run ($CSRA_DECODE): "threads" (the default) of this process, or
     "processes". Pillow lets the GIL go while it decodes and resizes, and threads hand their
-    images over without a copy: on 2 cores a thread gave end to end 90% of the model-only rate
-    where a process, whose 12 MB batches are pickled through a pipe, gave 85% (benchmarks/RESULTS.md)."""
+    images over without a copy: on 2 cores end to end was 88% of the model-only rate with a
+    thread, 83.5% with a process, whose 12 MB batches are pickled through a pipe (default model,
+    int8; benchmarks/RESULTS.md)."""
     from ..errors import CSRAError
 
     mode = os.environ.get("CSRA_DECODE") or "threads"

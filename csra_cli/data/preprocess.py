@@ -88,6 +88,13 @@ class Preprocess:
         """From a model card (anything with input_size, mean, std and resize)."""
         return cls(card.input_size, card.mean, card.std, card.resize, fast)
 
+    def blank(self) -> np.ndarray:
+        """The image an unreadable file gets in its batch."""
+        return np.zeros((3, self.size, self.size), dtype=np.uint8)
+
+    def empty_batch(self, n: int) -> np.ndarray:
+        return np.empty((n, 3, self.size, self.size), dtype=np.uint8)
+
     def load(self, path) -> np.ndarray:
         """Decode and resize a file to a uint8 (3, S, S) array."""
         return self.resize(open_image(path, self.size if self.fast else None))
@@ -134,6 +141,10 @@ class SizedBatch:
 
     def __getitem__(self, index) -> "SizedBatch":
         return SizedBatch({s: b[index] for s, b in self.by_size.items()})
+
+    def __setitem__(self, i: int, images: dict[int, np.ndarray]) -> None:
+        for s, b in self.by_size.items():
+            b[i] = images[s]
 
     def for_size(self, size: int) -> np.ndarray:
         return self.by_size[size]

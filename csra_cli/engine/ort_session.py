@@ -47,10 +47,8 @@ def cpu_session(source: str, opts, providers: list[str]):
     if saved is None:
         return ort.InferenceSession(source, opts, providers=providers)
     if saved.is_file():
-        plain = _copy_options(opts)
-        plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
         try:
-            return ort.InferenceSession(str(saved), plain, providers=providers)
+            return ort.InferenceSession(str(saved), _optimised_options(opts), providers=providers)
         except Exception:  # damaged or from another build: optimise from the source again
             saved.unlink(missing_ok=True)
     return _save_optimized(source, saved, opts, providers)
@@ -71,9 +69,7 @@ def _save_optimized(source: str, saved: Path, opts, providers: list[str]):
         saving = _copy_options(opts)
         saving.optimized_model_filepath = tmp
         session = ort.InferenceSession(source, saving, providers=providers)
-        plain = _copy_options(opts)
-        plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        if _same_outputs(session, ort.InferenceSession(tmp, plain, providers=providers)):
+        if _same_outputs(session, ort.InferenceSession(tmp, _optimised_options(opts), providers=providers)):
             os.replace(tmp, saved)
             for old in saved.parent.glob(f"{Path(source).stem}-*.onnx"):  # earlier copies of this file
                 if old != saved and old.name.count("-") == saved.name.count("-"):
@@ -93,6 +89,15 @@ def _same_outputs(a, b) -> bool:
         dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         feed[inp.name] = np.random.default_rng(0).random(shape).astype(dtype)
     return all(np.allclose(x, y, atol=_TOLERANCE, rtol=0) for x, y in zip(a.run(None, feed), b.run(None, feed)))
+
+
+def _optimised_options(opts):
+    """The options for a graph optimised already: the same, with onnxruntime's optimisation off."""
+    import onnxruntime as ort
+
+    plain = _copy_options(opts)
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return plain
 
 
 def _copy_options(opts):

@@ -109,12 +109,12 @@ class OnnxRunner:
         return probabilities(np.concatenate([self._run(batch[i:i + step]) for i in range(0, len(batch), step)]),
                              self.card.activation)
 
-    def submit(self, batch) -> "_LaneResult":
+    def submit(self, batch):
         """Queue a batch on the lanes (one image each) and return at once; ``.result()`` gives its
         probabilities. Work queued before the previous batch ends keeps every lane busy."""
         batch = np.asarray(batch)
         if self.on_gpu or self.lanes <= 1:
-            return _LaneResult([Done(self(batch))], done=True)
+            return Done(self(batch))
         if self._pool is None:  # onnxruntime lets the GIL go while it runs
             from concurrent.futures import ThreadPoolExecutor
 
@@ -133,12 +133,10 @@ class OnnxRunner:
 class _LaneResult:
     """A batch queued on the lanes: its chunks' futures, joined into probabilities."""
 
-    def __init__(self, futures: list, activation: str = "sigmoid", done: bool = False):
-        self.futures, self.activation, self.done = futures, activation, done
+    def __init__(self, futures: list, activation: str = "sigmoid"):
+        self.futures, self.activation = futures, activation
 
     def result(self) -> np.ndarray:
-        if self.done:
-            return self.futures[0].result()
         return probabilities(np.concatenate([f.result() for f in self.futures]), self.activation)
 
 
